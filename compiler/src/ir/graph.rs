@@ -1,0 +1,289 @@
+//! The IR graph: values (named, typed, statically shaped tensors) produced by
+//! nodes, graph inputs or constants; nodes held in a `petgraph::StableGraph`
+//! whose edges mirror the data dependencies, so passes can rewrite it while
+//! node indices stay valid.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use petgraph::Direction;
+use petgraph::stable_graph::{NodeIndex, StableGraph};
+use petgraph::visit::EdgeRef;
+
+use crate::error::{Error, Result};
+use crate::ir::{Attrs, DType, Tensor};
+use crate::ops;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValueId(pub usize);
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ValueType {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+impl ValueType {
+    pub fn new(dtype: DType, shape: impl Into<Vec<usize>>) -> ValueType {
+        ValueType {
+            dtype,
+            shape: shape.into(),
+        }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn of(t: &Tensor) -> ValueType {
+        ValueType::new(t.dtype(), t.shape())
+    }
+}
+
+impl fmt::Display for ValueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[", self.dtype)?;
+        for (i, d) in self.shape.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{d}")?;
+        }
+        f.write_str("]")
+    }
+}
+
+/// How a value's elements are laid out in memory. Importers produce `Onnx`
+/// (row-major in the declared dimension order); the layout pass may choose
+/// channels-last for convolutional graphs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Layout {
+    #[default]
+    Onnx,
+    Nhwc,
+}
+
+#[derive(Clone, Debug)]
+pub struct Value {
+    pub name: String,
+    pub ty: ValueType,
+    pub layout: Layout,
+    /// The node and output slot that computes this value; `None` for graph
+    /// inputs and constants.
+    pub producer: Option<(NodeIndex, usize)>,
+    pub constant: Option<Arc<Tensor>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// The node's name in the source model (generated when it had none), kept
+    /// for errors and profiles.
+    pub name: String,
+    pub op: String,
+    /// The opset version the node was written against; ops whose semantics
+    /// changed between versions read it.
+    pub opset: i64,
+    pub attrs: Attrs,
+    /// `None` marks an omitted optional input.
+    pub inputs: Vec<Option<ValueId>>,
+    pub outputs: Vec<ValueId>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    pub name: String,
+    nodes: StableGraph<Node, ValueId>,
+    values: Vec<Value>,
+    by_name: HashMap<String, ValueId>,
+    pub inputs: Vec<ValueId>,
+    pub outputs: Vec<ValueId>,
+}
+
+impl Graph {
+    pub fn new(name: &str) -> Graph {
+        Graph {
+            name: name.to_string(),
+            ..Graph::default()
+        }
+    }
+
+    fn new_value(&mut self, name: &str, ty: ValueType, constant: Option<Arc<Tensor>>) -> Result<ValueId> {
+        if self.by_name.contains_key(name) {
+            bail!(Invalid, "value '{name}' is defined more than once");
+        }
+        let id = ValueId(self.values.len());
+        self.values.push(Value {
+            name: name.to_string(),
+            ty,
+            layout: Layout::Onnx,
+            producer: None,
+            constant,
+        });
+        self.by_name.insert(name.to_string(), id);
+        Ok(id)
+    }
+
+    pub fn add_input(&mut self, name: &str, ty: ValueType) -> Result<ValueId> {
+        let id = self.new_value(name, ty, None)?;
+        self.inputs.push(id);
+        Ok(id)
+    }
+
+    pub fn add_const(&mut self, name: &str, t: Tensor) -> Result<ValueId> {
+        self.new_value(name, ValueType::of(&t), Some(Arc::new(t)))
+    }
+
+    /// Adds a node after inferring its output types with the op table; errors
+    /// name the node and op.
+    pub fn add_node(
+        &mut self,
+        name: &str,
+        op: &str,
+        opset: i64,
+        attrs: Attrs,
+        inputs: Vec<Option<ValueId>>,
+        output_names: &[String],
+    ) -> Result<NodeIndex> {
+        let out_types = self
+            .infer(op, opset, &attrs, &inputs, output_names.len())
+            .map_err(|e| e.in_node(name, op))?;
+        let mut outputs = Vec::with_capacity(out_types.len());
+        for (oname, ty) in output_names.iter().zip(out_types) {
+            outputs.push(self.new_value(oname, ty, None).map_err(|e| e.in_node(name, op))?);
+        }
+        let idx = self.nodes.add_node(Node {
+            name: name.to_string(),
+            op: op.to_string(),
+            opset,
+            attrs,
+            inputs: inputs.clone(),
+            outputs: outputs.clone(),
+        });
+        for (slot, v) in outputs.iter().enumerate() {
+            self.values[v.0].producer = Some((idx, slot));
+        }
+        for v in inputs.into_iter().flatten() {
+            if let Some((p, _)) = self.values[v.0].producer {
+                self.nodes.add_edge(p, idx, v);
+            }
+        }
+        Ok(idx)
+    }
+
+    /// Output types of `op` applied to `inputs`, as the op table infers them.
+    pub fn infer(
+        &self,
+        op: &str,
+        opset: i64,
+        attrs: &Attrs,
+        inputs: &[Option<ValueId>],
+        num_outputs: usize,
+    ) -> Result<Vec<ValueType>> {
+        let def = ops::lookup(op)?;
+        let ctx = ops::InferCtx {
+            attrs,
+            opset,
+            inputs: inputs
+                .iter()
+                .map(|v| v.map(|v| &self.values[v.0].ty))
+                .collect(),
+            consts: inputs
+                .iter()
+                .map(|v| v.and_then(|v| self.values[v.0].constant.as_deref()))
+                .collect(),
+            names: inputs
+                .iter()
+                .map(|v| v.map(|v| self.values[v.0].name.as_str()))
+                .collect(),
+            num_outputs,
+        };
+        let out = (def.infer)(&ctx)?;
+        if out.len() < num_outputs {
+            bail!(
+                Invalid,
+                "{} outputs requested, the op has {}",
+                num_outputs,
+                out.len()
+            );
+        }
+        Ok(out.into_iter().take(num_outputs.max(1)).collect())
+    }
+
+    pub fn value(&self, id: ValueId) -> &Value {
+        &self.values[id.0]
+    }
+
+    pub fn value_mut(&mut self, id: ValueId) -> &mut Value {
+        &mut self.values[id.0]
+    }
+
+    pub fn find(&self, name: &str) -> Option<ValueId> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn node(&self, idx: NodeIndex) -> &Node {
+        &self.nodes[idx]
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.node_count()
+    }
+
+    /// Values that are constants (weights and folded results).
+    pub fn constants(&self) -> impl Iterator<Item = (ValueId, &Value)> {
+        self.values
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.constant.is_some())
+            .map(|(i, v)| (ValueId(i), v))
+    }
+
+    /// Nodes in dependency order; ties keep insertion order so the text form
+    /// is stable.
+    pub fn topo_order(&self) -> Result<Vec<NodeIndex>> {
+        let mut indeg: HashMap<NodeIndex, usize> = self
+            .nodes
+            .node_indices()
+            .map(|n| (n, self.nodes.edges_directed(n, Direction::Incoming).count()))
+            .collect();
+        let mut ready: std::collections::BTreeSet<NodeIndex> =
+            indeg.iter().filter(|(_, d)| **d == 0).map(|(n, _)| *n).collect();
+        let mut order = Vec::with_capacity(indeg.len());
+        while let Some(n) = ready.pop_first() {
+            order.push(n);
+            for e in self.nodes.edges_directed(n, Direction::Outgoing) {
+                let d = indeg.get_mut(&e.target()).expect("edge target is a node");
+                *d -= 1;
+                if *d == 0 {
+                    ready.insert(e.target());
+                }
+            }
+        }
+        if order.len() != indeg.len() {
+            let stuck = indeg
+                .iter()
+                .filter(|(_, d)| **d > 0)
+                .map(|(n, _)| self.nodes[*n].name.clone())
+                .min()
+                .unwrap_or_default();
+            return Err(Error::Invalid(format!("graph has a cycle through node '{stuck}'")));
+        }
+        Ok(order)
+    }
+
+    /// Nodes reading `v`, with the input slot.
+    pub fn consumers(&self, v: ValueId) -> Vec<(NodeIndex, usize)> {
+        self.nodes
+            .node_indices()
+            .flat_map(|n| {
+                self.nodes[n]
+                    .inputs
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, i)| **i == Some(v))
+                    .map(move |(slot, _)| (n, slot))
+            })
+            .collect()
+    }
+}

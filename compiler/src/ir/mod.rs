@@ -1,0 +1,14 @@
+//! The IR every stage shares: typed tensors, values and nodes in a graph, and
+//! its text form.
+
+mod attr;
+mod dtype;
+mod graph;
+mod printer;
+mod tensor;
+
+pub use attr::{Attr, Attrs};
+pub use dtype::DType;
+pub use graph::{Graph, Layout, Node, Value, ValueId, ValueType};
+pub use printer::print;
+pub use tensor::{Elem, Tensor};
