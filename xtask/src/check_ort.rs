@@ -15,7 +15,7 @@ use crate::{models as write_models, venv};
 
 const TOLERANCE: f64 = 1e-4;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct Args {
     /// Only this model.
     #[arg(long)]

@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask ci | conformance | models | check-ort`.
 
 mod check_ort;
+mod ci;
 mod conformance;
 mod models;
 mod venv;
@@ -10,6 +11,9 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(name = "xtask")]
 enum Task {
+    /// Formatting, clippy, all tests, the conformance floor and the
+    /// onnxruntime comparison: what `.ci/run` runs.
+    Ci(ci::Args),
     /// Run the ONNX backend node tests through the interpreter.
     Conformance(conformance::Args),
     /// Write the test models (ResNet-50, MobileNetV2, BERT-base, MLP,
@@ -21,6 +25,7 @@ enum Task {
 
 fn main() -> anyhow::Result<()> {
     match Task::parse() {
+        Task::Ci(a) => ci::main(a),
         Task::Conformance(a) => conformance::main(a),
         Task::Models(a) => models::main(a),
         Task::CheckOrt(a) => check_ort::main(a),
