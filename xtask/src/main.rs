@@ -1,1 +1,28 @@
-fn main(){}
+//! Project tasks: `cargo xtask ci | conformance | models | check-ort`.
+
+mod check_ort;
+mod conformance;
+mod models;
+mod venv;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+enum Task {
+    /// Run the ONNX backend node tests through the interpreter.
+    Conformance(conformance::Args),
+    /// Write the test models (ResNet-50, MobileNetV2, BERT-base, MLP,
+    /// conv_relu) to target/models/.
+    Models(models::Args),
+    /// Compare `cpucc run` with onnxruntime on every test model.
+    CheckOrt(check_ort::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Task::parse() {
+        Task::Conformance(a) => conformance::main(a),
+        Task::Models(a) => models::main(a),
+        Task::CheckOrt(a) => check_ort::main(a),
+    }
+}
