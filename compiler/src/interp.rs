@@ -51,13 +51,24 @@ pub fn run(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
         env.insert(id, Cow::Borrowed(t));
     }
     for (id, v) in g.constants() {
-        env.insert(id, Cow::Borrowed(v.constant.as_deref().expect("a constant")));
+        env.insert(
+            id,
+            Cow::Borrowed(v.constant.as_deref().expect("a constant")),
+        );
     }
     for n in order {
         let node = g.node(n);
-        let out_types: Vec<ValueType> = node.outputs.iter().map(|&o| g.value(o).ty.clone()).collect();
+        let out_types: Vec<ValueType> = node
+            .outputs
+            .iter()
+            .map(|&o| g.value(o).ty.clone())
+            .collect();
         let results = {
-            let ins = node.inputs.iter().map(|i| i.map(|i| env[&i].as_ref())).collect();
+            let ins = node
+                .inputs
+                .iter()
+                .map(|i| i.map(|i| env[&i].as_ref()))
+                .collect();
             ops::eval(&node.op, &node.attrs, node.opset, ins, &out_types)
                 .map_err(|e| e.in_node(&node.name, &node.op))?
         };
@@ -74,5 +85,8 @@ pub fn run(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
             }
         }
     }
-    Ok(g.outputs.iter().map(|o| env[o].clone().into_owned()).collect())
+    Ok(g.outputs
+        .iter()
+        .map(|o| env[o].clone().into_owned())
+        .collect())
 }

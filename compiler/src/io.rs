@@ -20,7 +20,9 @@ pub fn read_tensor(path: &Path) -> Result<Tensor> {
         return read_npy(&bytes).map_err(|e| Error::Invalid(format!("{what}: {e}")));
     }
     let p = TensorProto::decode(bytes.as_slice()).map_err(|e| {
-        Error::Invalid(format!("{what}: neither .npy nor an ONNX TensorProto ({e})"))
+        Error::Invalid(format!(
+            "{what}: neither .npy nor an ONNX TensorProto ({e})"
+        ))
     })?;
     ensure!(
         p.data_type.is_some(),

@@ -1,1 +1,4 @@
+//! Test suites shared by the test binaries and `cargo xtask`: the ONNX
+//! node-test runner and the benchmark/test models built in code.
 
+pub mod conformance;

@@ -22,7 +22,9 @@ pub struct ImportOptions {
 /// Parses `NAME=1,3,224,224` as given to `--shape`.
 pub fn parse_shape_arg(s: &str) -> Result<(String, Vec<usize>)> {
     let (name, dims) = s.rsplit_once('=').ok_or_else(|| {
-        Error::Invalid(format!("--shape {s:?}: expected NAME=D0,D1,... (e.g. x=1,3,224,224)"))
+        Error::Invalid(format!(
+            "--shape {s:?}: expected NAME=D0,D1,... (e.g. x=1,3,224,224)"
+        ))
     })?;
     let dims = if dims.trim().is_empty() {
         Vec::new()
@@ -30,7 +32,9 @@ pub fn parse_shape_arg(s: &str) -> Result<(String, Vec<usize>)> {
         dims.split(',')
             .map(|d| {
                 d.trim().parse::<usize>().map_err(|_| {
-                    Error::Invalid(format!("--shape {s:?}: dimension {d:?} is not a non-negative integer"))
+                    Error::Invalid(format!(
+                        "--shape {s:?}: dimension {d:?} is not a non-negative integer"
+                    ))
                 })
             })
             .collect::<Result<_>>()?
@@ -51,8 +55,7 @@ pub fn load(path: &Path, opts: &ImportOptions) -> Result<Graph> {
             path.display()
         );
     }
-    onnx::load_bytes(&bytes, path.parent(), opts)
-        .map_err(|e| prefix_file(e, path))
+    onnx::load_bytes(&bytes, path.parent(), opts).map_err(|e| prefix_file(e, path))
 }
 
 fn prefix_file(e: Error, path: &Path) -> Error {

@@ -108,7 +108,12 @@ impl Graph {
         }
     }
 
-    fn new_value(&mut self, name: &str, ty: ValueType, constant: Option<Arc<Tensor>>) -> Result<ValueId> {
+    fn new_value(
+        &mut self,
+        name: &str,
+        ty: ValueType,
+        constant: Option<Arc<Tensor>>,
+    ) -> Result<ValueId> {
         if self.by_name.contains_key(name) {
             bail!(Invalid, "value '{name}' is defined more than once");
         }
@@ -150,7 +155,10 @@ impl Graph {
             .map_err(|e| e.in_node(name, op))?;
         let mut outputs = Vec::with_capacity(out_types.len());
         for (oname, ty) in output_names.iter().zip(out_types) {
-            outputs.push(self.new_value(oname, ty, None).map_err(|e| e.in_node(name, op))?);
+            outputs.push(
+                self.new_value(oname, ty, None)
+                    .map_err(|e| e.in_node(name, op))?,
+            );
         }
         let idx = self.nodes.add_node(Node {
             name: name.to_string(),
@@ -247,8 +255,11 @@ impl Graph {
             .node_indices()
             .map(|n| (n, self.nodes.edges_directed(n, Direction::Incoming).count()))
             .collect();
-        let mut ready: std::collections::BTreeSet<NodeIndex> =
-            indeg.iter().filter(|(_, d)| **d == 0).map(|(n, _)| *n).collect();
+        let mut ready: std::collections::BTreeSet<NodeIndex> = indeg
+            .iter()
+            .filter(|(_, d)| **d == 0)
+            .map(|(n, _)| *n)
+            .collect();
         let mut order = Vec::with_capacity(indeg.len());
         while let Some(n) = ready.pop_first() {
             order.push(n);
@@ -267,7 +278,9 @@ impl Graph {
                 .map(|(n, _)| self.nodes[*n].name.clone())
                 .min()
                 .unwrap_or_default();
-            return Err(Error::Invalid(format!("graph has a cycle through node '{stuck}'")));
+            return Err(Error::Invalid(format!(
+                "graph has a cycle through node '{stuck}'"
+            )));
         }
         Ok(order)
     }

@@ -55,13 +55,20 @@ macro_rules! num {
 }
 
 fn bad_dtype<T>(d: DType) -> Result<T> {
-    Err(Error::Invalid(format!("dtype {d} is not supported by this op")))
+    Err(Error::Invalid(format!(
+        "dtype {d} is not supported by this op"
+    )))
 }
 
 // ---------------------------------------------------------------- inference
 
 fn check(ty: &ValueType, ok: fn(DType) -> bool, what: &str) -> Result<()> {
-    ensure!(ok(ty.dtype), Invalid, "input must be {what}, found {}", ty.dtype);
+    ensure!(
+        ok(ty.dtype),
+        Invalid,
+        "input must be {what}, found {}",
+        ty.dtype
+    );
     Ok(())
 }
 
@@ -159,7 +166,9 @@ fn map_f<T: Elem>(a: &ArrayD<T>, f: impl Fn(f64) -> f64) -> Tensor {
 /// Applies `f` (in f64) to the float input 0.
 fn unary_f(c: &EvalCtx, f: impl Fn(f64) -> f64) -> Result<Vec<Tensor>> {
     let t = c.input(0)?;
-    Ok(vec![dispatch_float!(t, a => map_f(a, &f), o => return bad_dtype(o.dtype()))])
+    Ok(vec![
+        dispatch_float!(t, a => map_f(a, &f), o => return bad_dtype(o.dtype())),
+    ])
 }
 
 fn to_bool<T: Elem>(a: &ArrayD<T>, f: impl Fn(f64) -> bool) -> Tensor {
@@ -299,17 +308,23 @@ fn register_unary(t: &mut OpTable) {
     });
     t.add("IsNaN", float_to_bool, |c| {
         let t = c.input(0)?;
-        Ok(vec![dispatch_float!(t, a => to_bool(a, f64::is_nan), o => return bad_dtype(o.dtype()))])
+        Ok(vec![
+            dispatch_float!(t, a => to_bool(a, f64::is_nan), o => return bad_dtype(o.dtype())),
+        ])
     });
     t.add("IsInf", float_to_bool, |c| {
         let neg = c.attrs.int("detect_negative", 1)? != 0;
         let pos = c.attrs.int("detect_positive", 1)? != 0;
         let f = move |x: f64| (pos && x == f64::INFINITY) || (neg && x == f64::NEG_INFINITY);
         let t = c.input(0)?;
-        Ok(vec![dispatch_float!(t, a => to_bool(a, f), o => return bad_dtype(o.dtype()))])
+        Ok(vec![
+            dispatch_float!(t, a => to_bool(a, f), o => return bad_dtype(o.dtype())),
+        ])
     });
     t.add("Not", same_bool, |c| {
-        Ok(vec![Tensor::Bool(c.input(0)?.typed::<bool>()?.mapv(|x| !x))])
+        Ok(vec![Tensor::Bool(
+            c.input(0)?.typed::<bool>()?.mapv(|x| !x),
+        )])
     });
     t.add("BitwiseNot", same_int, |c| {
         let t = c.input(0)?;
@@ -323,11 +338,7 @@ fn bitwise_not<T: Elem>(a: &ArrayD<T>) -> Tensor {
 
 // ------------------------------------------------------------------ binary
 
-fn binary<T: Elem, R: Elem>(
-    c: &EvalCtx,
-    a: &ArrayD<T>,
-    f: impl Fn(T, T) -> R,
-) -> Result<Tensor> {
+fn binary<T: Elem, R: Elem>(c: &EvalCtx, a: &ArrayD<T>, f: impl Fn(T, T) -> R) -> Result<Tensor> {
     let b = c.input(1)?.typed::<T>()?;
     Ok(R::wrap(broadcast::zip2(a, b, &c.outputs[0].shape, f)?))
 }
@@ -378,7 +389,10 @@ fn pow_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     let (a, b) = (c.input(0)?, c.input(1)?);
     check(a, |d| d != DType::Bool, "numeric")?;
     check(b, |d| d != DType::Bool, "numeric")?;
-    one(ValueType::new(a.dtype, broadcast::shape(&[&a.shape, &b.shape])?))
+    one(ValueType::new(
+        a.dtype,
+        broadcast::shape(&[&a.shape, &b.shape])?,
+    ))
 }
 
 fn pow_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
@@ -402,8 +416,19 @@ fn mod_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     let fmod = c.attrs.int("fmod", 0)? != 0;
     fn go<T: Elem>(c: &EvalCtx, a: &ArrayD<T>, fmod: bool) -> Result<Tensor> {
         if T::DTYPE.is_float() {
-            ensure!(fmod, Invalid, "Mod of floats requires fmod=1");
-            return binary(c, a, |x: T, y: T| T::from_f64(x.to_f64() % y.to_f64()));
+            return binary(c, a, move |x: T, y: T| {
+                let (x, y) = (x.to_f64(), y.to_f64());
+                let r = x % y;
+                // Without fmod the result takes the divisor's sign (numpy.mod).
+                let floor_mod = !fmod && r != 0.0 && ((r < 0.0) != (y < 0.0));
+                T::from_f64(if floor_mod {
+                    r + y
+                } else if !fmod && r == 0.0 {
+                    0.0f64.copysign(y)
+                } else {
+                    r
+                })
+            });
         }
         binary(c, a, move |x: T, y: T| {
             let (x, y) = (x.to_i128(), y.to_i128());
@@ -412,7 +437,11 @@ fn mod_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
             }
             let r = x % y;
             // Without fmod the result takes the divisor's sign, like Python.
-            T::from_i128(if !fmod && r != 0 && ((r < 0) != (y < 0)) { r + y } else { r })
+            T::from_i128(if !fmod && r != 0 && ((r < 0) != (y < 0)) {
+                r + y
+            } else {
+                r
+            })
         })
     }
     Ok(vec![num!(c.input(0)?, a => go(c, a, fmod)?)])
@@ -422,12 +451,21 @@ fn bitshift_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     let left = match c.attrs.string_opt("direction")? {
         Some("LEFT") => true,
         Some("RIGHT") => false,
-        other => bail!(Invalid, "attribute 'direction' must be LEFT or RIGHT, found {other:?}"),
+        other => bail!(
+            Invalid,
+            "attribute 'direction' must be LEFT or RIGHT, found {other:?}"
+        ),
     };
+    // Shifts by a negative amount or by the bit width or more give 0 (or
+    // -1 for right shifts of negative values), as the reference does.
     fn go<T: Elem>(c: &EvalCtx, a: &ArrayD<T>, left: bool) -> Result<Tensor> {
+        let bits = 8 * T::DTYPE.size_bytes() as i128;
         binary(c, a, move |x: T, y: T| {
-            let (x, s) = (x.to_i128() as u128, y.to_i128().clamp(0, 127) as u32);
-            T::from_i128(if left { (x << s) as i128 } else { (x >> s) as i128 })
+            let (x, s) = (x.to_i128(), y.to_i128());
+            if s < 0 || s >= bits {
+                return T::from_i128(if !left && x < 0 { -1 } else { 0 });
+            }
+            T::from_i128(if left { x << s } else { x >> s })
         })
     }
     Ok(vec![dispatch!(c.input(0)?, a => go(c, a, left)?)])
@@ -436,15 +474,31 @@ fn bitshift_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 fn prelu_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     let (x, s) = (c.input(0)?, c.input(1)?);
     check(x, |d| d != DType::Bool, "numeric")?;
-    ensure!(x.dtype == s.dtype, Invalid, "slope dtype {} differs from input {}", s.dtype, x.dtype);
+    ensure!(
+        x.dtype == s.dtype,
+        Invalid,
+        "slope dtype {} differs from input {}",
+        s.dtype,
+        x.dtype
+    );
     let out = broadcast::shape(&[&x.shape, &s.shape])?;
-    ensure!(out == x.shape, Invalid, "slope {:?} does not broadcast to input {:?}", s.shape, x.shape);
+    ensure!(
+        out == x.shape,
+        Invalid,
+        "slope {:?} does not broadcast to input {:?}",
+        s.shape,
+        x.shape
+    );
     one(x.clone())
 }
 
 fn prelu_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     fn go<T: Arith>(c: &EvalCtx, a: &ArrayD<T>) -> Result<Tensor> {
-        binary(c, a, |x: T, s: T| if x < T::default() { x.mul(s) } else { x })
+        binary(
+            c,
+            a,
+            |x: T, s: T| if x < T::default() { x.mul(s) } else { x },
+        )
     }
     Ok(vec![num!(c.input(0)?, a => go(c, a)?)])
 }
@@ -497,7 +551,9 @@ fn sum_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 fn mean_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     fn go<T: Arith>(c: &EvalCtx, _: &ArrayD<T>) -> Result<Tensor> {
         let n = c.inputs.iter().flatten().count() as f64;
-        Ok(T::wrap(fold_all(c, T::add)?.mapv(|x| T::from_f64(x.to_f64() / n))))
+        Ok(T::wrap(
+            fold_all(c, T::add)?.mapv(|x| T::from_f64(x.to_f64() / n)),
+        ))
     }
     Ok(vec![num!(c.input(0)?, a => go(c, a)?)])
 }
@@ -505,14 +561,20 @@ fn mean_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 fn min_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     fn go<T: Elem>(c: &EvalCtx, _: &ArrayD<T>) -> Result<Tensor> {
         // NaN propagates, as in numpy's minimum.
-        Ok(T::wrap(fold_all(c, |x, y| if x != x || x < y { x } else { y })?))
+        Ok(T::wrap(fold_all(
+            c,
+            |x, y| if x != x || x < y { x } else { y },
+        )?))
     }
     Ok(vec![num!(c.input(0)?, a => go(c, a)?)])
 }
 
 fn max_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     fn go<T: Elem>(c: &EvalCtx, _: &ArrayD<T>) -> Result<Tensor> {
-        Ok(T::wrap(fold_all(c, |x, y| if x != x || x > y { x } else { y })?))
+        Ok(T::wrap(fold_all(
+            c,
+            |x, y| if x != x || x > y { x } else { y },
+        )?))
     }
     Ok(vec![num!(c.input(0)?, a => go(c, a)?)])
 }
@@ -522,7 +584,13 @@ fn max_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 fn where_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     let (cond, x, y) = (c.input(0)?, c.input(1)?, c.input(2)?);
     check(cond, |d| d == DType::Bool, "bool (condition)")?;
-    ensure!(x.dtype == y.dtype, Invalid, "X and Y dtypes differ: {} vs {}", x.dtype, y.dtype);
+    ensure!(
+        x.dtype == y.dtype,
+        Invalid,
+        "X and Y dtypes differ: {} vs {}",
+        x.dtype,
+        y.dtype
+    );
     one(ValueType::new(
         x.dtype,
         broadcast::shape(&[&cond.shape, &x.shape, &y.shape])?,
@@ -534,7 +602,9 @@ fn where_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
         let cond = c.input(0)?.typed::<bool>()?;
         let y = c.input(2)?.typed::<T>()?;
         let out = &c.outputs[0].shape;
-        Ok(T::wrap(broadcast::zip3(cond, x, y, out, |k, a, b| if k { a } else { b })?))
+        Ok(T::wrap(broadcast::zip3(cond, x, y, out, |k, a, b| {
+            if k { a } else { b }
+        })?))
     }
     Ok(vec![dispatch!(c.input(1)?, x => go(c, x)?)])
 }
@@ -563,7 +633,10 @@ fn clip_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 fn cast_target(c: &Attrs) -> Result<DType> {
     let code = c.req_int("to")? as i32;
     DType::from_onnx(code).ok_or_else(|| {
-        Error::Unsupported(format!("Cast to {} is not supported", DType::onnx_name(code)))
+        Error::Unsupported(format!(
+            "Cast to {} is not supported",
+            DType::onnx_name(code)
+        ))
     })
 }
 

@@ -10,8 +10,8 @@ use std::path::Path;
 use prost::Message;
 
 use super::proto::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, ValueInfoProto, attribute_proto::AttributeType,
-    tensor_shape_proto::dimension, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_shape_proto::dimension, type_proto,
 };
 use super::tensor::tensor_from_proto;
 use crate::error::{Error, Result};
@@ -30,7 +30,10 @@ pub fn load_bytes(bytes: &[u8], dir: Option<&Path>, opts: &ImportOptions) -> Res
         Error::Invalid("not an ONNX model: it has no graph (is this a ModelProto?)".into())
     })?;
     if model.ir_version.is_none() && model.opset_import.is_empty() {
-        bail!(Invalid, "not an ONNX model: no IR version and no opset imports");
+        bail!(
+            Invalid,
+            "not an ONNX model: no IR version and no opset imports"
+        );
     }
     let mut opsets = HashMap::new();
     for o in &model.opset_import {
@@ -89,7 +92,11 @@ impl Builder<'_> {
                 gp.input.iter().any(|v| v.name() == name),
                 Invalid,
                 "--shape/bind names '{name}', which is not a graph input (inputs: {})",
-                gp.input.iter().map(|v| v.name()).collect::<Vec<_>>().join(", ")
+                gp.input
+                    .iter()
+                    .map(|v| v.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         for (i, np) in sort_nodes(gp, &self.g)? {
@@ -97,12 +104,19 @@ impl Builder<'_> {
         }
         for vi in &gp.output {
             let id = self.g.find(vi.name()).ok_or_else(|| {
-                Error::Invalid(format!("graph output '{}' is not computed by any node", vi.name()))
+                Error::Invalid(format!(
+                    "graph output '{}' is not computed by any node",
+                    vi.name()
+                ))
             })?;
             self.check_declared(vi, id)?;
             self.g.outputs.push(id);
         }
-        ensure!(!self.g.outputs.is_empty(), Invalid, "the graph has no outputs");
+        ensure!(
+            !self.g.outputs.is_empty(),
+            Invalid,
+            "the graph has no outputs"
+        );
         Ok(self.g)
     }
 
@@ -110,7 +124,10 @@ impl Builder<'_> {
         let name = vi.name();
         let (code, dims) = tensor_type(vi)?;
         let dtype = DType::from_onnx(code).ok_or_else(|| {
-            Error::Unsupported(format!("input '{name}': dtype {} is not supported", DType::onnx_name(code)))
+            Error::Unsupported(format!(
+                "input '{name}': dtype {} is not supported",
+                DType::onnx_name(code)
+            ))
         })?;
         if let Some(t) = self.opts.bind.get(name) {
             ensure!(
@@ -146,7 +163,9 @@ impl Builder<'_> {
             }
             None => {
                 let dims = dims.ok_or_else(|| {
-                    Error::Invalid(format!("input '{name}' has no shape; give it with --shape {name}=D0,D1,..."))
+                    Error::Invalid(format!(
+                        "input '{name}' has no shape; give it with --shape {name}=D0,D1,..."
+                    ))
                 })?;
                 dims.into_iter()
                     .enumerate()
@@ -180,13 +199,18 @@ impl Builder<'_> {
         }
         if let Some(dims) = dims {
             let fixed_mismatch = dims.len() != ty.shape.len()
-                || dims.iter().zip(&ty.shape).any(|(d, &s)| matches!(d, Ok(d) if *d != s));
+                || dims
+                    .iter()
+                    .zip(&ty.shape)
+                    .any(|(d, &s)| matches!(d, Ok(d) if *d != s));
             ensure!(
                 !fixed_mismatch,
                 Invalid,
                 "output '{}' is declared with shape {:?} but computes {}",
                 vi.name(),
-                dims.iter().map(|d| d.clone().map_err(|_| "?")).collect::<Vec<_>>(),
+                dims.iter()
+                    .map(|d| d.clone().map_err(|_| "?"))
+                    .collect::<Vec<_>>(),
                 ty
             );
         }
@@ -206,15 +230,25 @@ impl Builder<'_> {
             d => d,
         };
         if self.functions.contains(op) {
-            return Err(ctx(Error::Unsupported("model-local functions are not supported".into())));
+            return Err(ctx(Error::Unsupported(
+                "model-local functions are not supported".into(),
+            )));
         }
         if !domain.is_empty() {
-            return Err(ctx(Error::Unsupported(format!("op domain '{domain}' is not supported"))));
+            return Err(ctx(Error::Unsupported(format!(
+                "op domain '{domain}' is not supported"
+            ))));
         }
-        let opset = self.opsets.get(domain).copied().unwrap_or(self.default_opset);
+        let opset = self
+            .opsets
+            .get(domain)
+            .copied()
+            .unwrap_or(self.default_opset);
         let mut attrs = Attrs::default();
         for a in &np.attribute {
-            attrs.0.insert(a.name().to_string(), attr(a, self.dir).map_err(ctx)?);
+            attrs
+                .0
+                .insert(a.name().to_string(), attr(a, self.dir).map_err(ctx)?);
         }
         let inputs: Vec<Option<ValueId>> = np
             .input
@@ -225,17 +259,33 @@ impl Builder<'_> {
             .output
             .iter()
             .enumerate()
-            .map(|(i, o)| if o.is_empty() { format!("{name}:unused{i}") } else { o.clone() })
+            .map(|(i, o)| {
+                if o.is_empty() {
+                    format!("{name}:unused{i}")
+                } else {
+                    o.clone()
+                }
+            })
             .collect();
         if op == "Constant" {
             let t = constant_value(&attrs).map_err(ctx)?;
-            ensure!(outputs.len() == 1, Invalid, "node '{name}' (Constant): needs exactly one output");
+            ensure!(
+                outputs.len() == 1,
+                Invalid,
+                "node '{name}' (Constant): needs exactly one output"
+            );
             self.g.add_const(&outputs[0], t)?;
             return Ok(());
         }
-        let all_const = inputs.iter().flatten().all(|&v| self.g.value(v).constant.is_some());
+        let all_const = inputs
+            .iter()
+            .flatten()
+            .all(|&v| self.g.value(v).constant.is_some());
         if all_const && ops::lookup(op).is_ok() {
-            let types = self.g.infer(op, opset, &attrs, &inputs, outputs.len()).map_err(ctx)?;
+            let types = self
+                .g
+                .infer(op, opset, &attrs, &inputs, outputs.len())
+                .map_err(ctx)?;
             if types.iter().map(ValueType::numel).sum::<usize>() <= FOLD_LIMIT {
                 let ins = inputs.iter().map(|i| i.map(|i| self.value_of(i))).collect();
                 let vals = ops::eval(op, &attrs, opset, ins, &types).map_err(ctx)?;
@@ -250,7 +300,11 @@ impl Builder<'_> {
     }
 
     fn value_of(&self, id: ValueId) -> &Tensor {
-        self.g.value(id).constant.as_deref().expect("checked constant")
+        self.g
+            .value(id)
+            .constant
+            .as_deref()
+            .expect("checked constant")
     }
 }
 
@@ -262,7 +316,10 @@ fn tensor_type(vi: &ValueInfoProto) -> Result<(i32, Dims)> {
     let name = vi.name();
     let t = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
         Some(type_proto::Value::TensorType(t)) => t,
-        Some(_) => bail!(Unsupported, "value '{name}' is not a tensor (sequences, maps and optionals are not supported)"),
+        Some(_) => bail!(
+            Unsupported,
+            "value '{name}' is not a tensor (sequences, maps and optionals are not supported)"
+        ),
         None => bail!(Invalid, "value '{name}' has no type"),
     };
     let dims = t.shape.as_ref().map(|s| {
@@ -291,7 +348,11 @@ fn sort_nodes<'a>(gp: &'a GraphProto, g: &Graph) -> Result<Vec<(usize, &'a NodeP
         }
     }
     let label = |n: &NodeProto, i: usize| {
-        if n.name().is_empty() { format!("{}_{i}", n.op_type()) } else { n.name().to_string() }
+        if n.name().is_empty() {
+            format!("{}_{i}", n.op_type())
+        } else {
+            n.name().to_string()
+        }
     };
     let mut deps: Vec<usize> = vec![0; gp.node.len()];
     let mut users: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
@@ -324,8 +385,15 @@ fn sort_nodes<'a>(gp: &'a GraphProto, g: &Graph) -> Result<Vec<(usize, &'a NodeP
         }
     }
     if order.len() < gp.node.len() {
-        let i = (0..gp.node.len()).find(|&i| deps[i] > 0).expect("some node is blocked");
-        bail!(Invalid, "graph has a cycle through node '{}' ({})", label(&gp.node[i], i), gp.node[i].op_type());
+        let i = (0..gp.node.len())
+            .find(|&i| deps[i] > 0)
+            .expect("some node is blocked");
+        bail!(
+            Invalid,
+            "graph has a cycle through node '{}' ({})",
+            label(&gp.node[i], i),
+            gp.node[i].op_type()
+        );
     }
     Ok(order)
 }
@@ -335,25 +403,38 @@ fn attr(a: &AttributeProto, dir: Option<&Path>) -> Result<Attr> {
     let what = format!("attribute '{name}'");
     let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     if a.ref_attr_name.is_some() {
-        bail!(Unsupported, "{what}: attribute references only occur in functions");
+        bail!(
+            Unsupported,
+            "{what}: attribute references only occur in functions"
+        );
     }
     Ok(match a.r#type() {
         AttributeType::Float => Attr::Float(a.f()),
         AttributeType::Int => Attr::Int(a.i()),
         AttributeType::String => Attr::String(s(a.s())),
         AttributeType::Tensor => Attr::Tensor(tensor_from_proto(
-            a.t.as_ref().ok_or_else(|| Error::Invalid(format!("{what}: no tensor")))?,
+            a.t.as_ref()
+                .ok_or_else(|| Error::Invalid(format!("{what}: no tensor")))?,
             dir,
             &what,
         )?),
-        AttributeType::Graph => Attr::Graph(a.g.as_ref().map(|g| g.name().to_string()).unwrap_or_default()),
+        AttributeType::Graph => Attr::Graph(
+            a.g.as_ref()
+                .map(|g| g.name().to_string())
+                .unwrap_or_default(),
+        ),
         AttributeType::Floats => Attr::Floats(a.floats.clone()),
         AttributeType::Ints => Attr::Ints(a.ints.clone()),
         AttributeType::Strings => Attr::Strings(a.strings.iter().map(|b| s(b)).collect()),
         AttributeType::Tensors => Attr::Tensors(
-            a.tensors.iter().map(|t| tensor_from_proto(t, dir, &what)).collect::<Result<_>>()?,
+            a.tensors
+                .iter()
+                .map(|t| tensor_from_proto(t, dir, &what))
+                .collect::<Result<_>>()?,
         ),
-        AttributeType::Graphs => Attr::Graphs(a.graphs.iter().map(|g| g.name().to_string()).collect()),
+        AttributeType::Graphs => {
+            Attr::Graphs(a.graphs.iter().map(|g| g.name().to_string()).collect())
+        }
         AttributeType::TypeProto | AttributeType::TypeProtos => Attr::Opaque("type_proto"),
         AttributeType::SparseTensor | AttributeType::SparseTensors => Attr::Opaque("sparse_tensor"),
         AttributeType::Undefined => bail!(Invalid, "{what} has no type"),
@@ -361,19 +442,32 @@ fn attr(a: &AttributeProto, dir: Option<&Path>) -> Result<Attr> {
 }
 
 fn constant_value(attrs: &Attrs) -> Result<Tensor> {
-    let mut found = attrs.0.iter().filter(|(k, _)| k.starts_with("value") || *k == "sparse_value");
+    let mut found = attrs
+        .0
+        .iter()
+        .filter(|(k, _)| k.starts_with("value") || *k == "sparse_value");
     let (key, a) = found
         .next()
         .ok_or_else(|| Error::Invalid("Constant has no value attribute".into()))?;
-    ensure!(found.next().is_none(), Invalid, "Constant has more than one value attribute");
+    ensure!(
+        found.next().is_none(),
+        Invalid,
+        "Constant has more than one value attribute"
+    );
     Ok(match (key.as_str(), a) {
         ("value", Attr::Tensor(t)) => t.clone(),
         ("value_float", Attr::Float(f)) => Tensor::scalar(*f),
         ("value_floats", Attr::Floats(v)) => Tensor::from_vec(&[v.len()], v.clone())?,
         ("value_int", Attr::Int(i)) => Tensor::scalar(*i),
         ("value_ints", Attr::Ints(v)) => Tensor::from_vec(&[v.len()], v.clone())?,
-        ("value_string" | "value_strings", _) => bail!(Unsupported, "string constants are not supported"),
+        ("value_string" | "value_strings", _) => {
+            bail!(Unsupported, "string constants are not supported")
+        }
         ("sparse_value", _) => bail!(Unsupported, "sparse constants are not supported"),
-        (k, a) => bail!(Invalid, "Constant attribute '{k}' has the wrong kind ({})", a.kind()),
+        (k, a) => bail!(
+            Invalid,
+            "Constant attribute '{k}' has the wrong kind ({})",
+            a.kind()
+        ),
     })
 }

@@ -15,17 +15,28 @@ use crate::ir::{DType, Elem, Tensor};
 pub fn tensor_from_proto(p: &TensorProto, dir: Option<&Path>, what: &str) -> Result<Tensor> {
     let code = p.data_type();
     let dtype = DType::from_onnx(code).ok_or_else(|| {
-        Error::Unsupported(format!("{what}: dtype {} is not supported", DType::onnx_name(code)))
+        Error::Unsupported(format!(
+            "{what}: dtype {} is not supported",
+            DType::onnx_name(code)
+        ))
     })?;
     let mut shape = Vec::with_capacity(p.dims.len());
     for &d in &p.dims {
-        ensure!(d >= 0, Invalid, "{what}: negative dimension {d} in {:?}", p.dims);
+        ensure!(
+            d >= 0,
+            Invalid,
+            "{what}: negative dimension {d} in {:?}",
+            p.dims
+        );
         shape.push(d as usize);
     }
     let numel = shape
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .filter(|&n| n.checked_mul(dtype.size_bytes()).is_some_and(|b| b < (1 << 40)))
+        .filter(|&n| {
+            n.checked_mul(dtype.size_bytes())
+                .is_some_and(|b| b < (1 << 40))
+        })
         .ok_or_else(|| Error::Invalid(format!("{what}: shape {shape:?} is too large")))?;
     if p.segment.is_some() {
         bail!(Unsupported, "{what}: segmented tensors are not supported");
@@ -84,11 +95,23 @@ pub fn tensor_from_proto(p: &TensorProto, dir: Option<&Path>, what: &str) -> Res
         // 16-bit floats travel as their bit patterns in int32_data.
         DType::F16 => {
             n(p.int32_data.len(), "int32_data")?;
-            Tensor::from_vec(&shape, p.int32_data.iter().map(|&x| f16::from_bits(x as u16)).collect())
+            Tensor::from_vec(
+                &shape,
+                p.int32_data
+                    .iter()
+                    .map(|&x| f16::from_bits(x as u16))
+                    .collect(),
+            )
         }
         DType::BF16 => {
             n(p.int32_data.len(), "int32_data")?;
-            Tensor::from_vec(&shape, p.int32_data.iter().map(|&x| bf16::from_bits(x as u16)).collect())
+            Tensor::from_vec(
+                &shape,
+                p.int32_data
+                    .iter()
+                    .map(|&x| bf16::from_bits(x as u16))
+                    .collect(),
+            )
         }
         DType::I32 | DType::I16 | DType::I8 | DType::U16 | DType::U8 | DType::Bool => {
             ints(|x| x as f64)
@@ -103,16 +126,27 @@ fn read_external(p: &TensorProto, dir: Option<&Path>, what: &str) -> Result<Vec<
         let v = kv.value();
         match kv.key() {
             "location" => location = Some(v.to_string()),
-            "offset" => offset = v.parse().map_err(|_| Error::Invalid(format!("{what}: bad external offset {v:?}")))?,
-            "length" => length = Some(v.parse::<u64>().map_err(|_| Error::Invalid(format!("{what}: bad external length {v:?}")))?),
+            "offset" => {
+                offset = v
+                    .parse()
+                    .map_err(|_| Error::Invalid(format!("{what}: bad external offset {v:?}")))?
+            }
+            "length" => {
+                length =
+                    Some(v.parse::<u64>().map_err(|_| {
+                        Error::Invalid(format!("{what}: bad external length {v:?}"))
+                    })?)
+            }
             _ => {}
         }
     }
-    let loc = location.ok_or_else(|| Error::Invalid(format!("{what}: external data has no location")))?;
+    let loc =
+        location.ok_or_else(|| Error::Invalid(format!("{what}: external data has no location")))?;
     let rel = Path::new(&loc);
     // External data must stay beside the model: no absolute paths, no `..`.
     ensure!(
-        rel.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)),
+        rel.components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir)),
         Invalid,
         "{what}: external data location {loc:?} leaves the model's directory"
     );
@@ -157,11 +191,15 @@ fn from_le_bytes(dtype: DType, shape: &[usize], raw: &[u8]) -> Result<Tensor> {
         DType::U64 => le!(u64, 8),
         DType::F16 => Tensor::from_vec(
             shape,
-            raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect(),
+            raw.chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                .collect(),
         ),
         DType::BF16 => Tensor::from_vec(
             shape,
-            raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect(),
+            raw.chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]))
+                .collect(),
         ),
         DType::Bool => Tensor::from_vec(shape, raw.iter().map(|&b| b != 0).collect()),
     }
