@@ -189,7 +189,42 @@ impl Graph {
         num_outputs: usize,
     ) -> Result<Vec<ValueType>> {
         let def = ops::lookup(op)?;
-        let ctx = ops::InferCtx {
+        let ctx = self.infer_ctx(attrs, opset, inputs, num_outputs);
+        let out = (def.infer)(&ctx)?;
+        if out.len() < num_outputs {
+            bail!(
+                Invalid,
+                "{} outputs requested, the op has {}",
+                num_outputs,
+                out.len()
+            );
+        }
+        Ok(out.into_iter().take(num_outputs.max(1)).collect())
+    }
+
+    /// The op's outputs when its input types alone determine them (see
+    /// `ops::KnownFn`).
+    pub fn known_values(
+        &self,
+        op: &str,
+        opset: i64,
+        attrs: &Attrs,
+        inputs: &[Option<ValueId>],
+    ) -> Result<Option<Vec<Tensor>>> {
+        let Some(known) = ops::lookup(op)?.known else {
+            return Ok(None);
+        };
+        known(&self.infer_ctx(attrs, opset, inputs, 1)).map(Some)
+    }
+
+    fn infer_ctx<'a>(
+        &'a self,
+        attrs: &'a Attrs,
+        opset: i64,
+        inputs: &[Option<ValueId>],
+        num_outputs: usize,
+    ) -> ops::InferCtx<'a> {
+        ops::InferCtx {
             attrs,
             opset,
             inputs: inputs
@@ -205,17 +240,7 @@ impl Graph {
                 .map(|v| v.map(|v| self.values[v.0].name.as_str()))
                 .collect(),
             num_outputs,
-        };
-        let out = (def.infer)(&ctx)?;
-        if out.len() < num_outputs {
-            bail!(
-                Invalid,
-                "{} outputs requested, the op has {}",
-                num_outputs,
-                out.len()
-            );
         }
-        Ok(out.into_iter().take(num_outputs.max(1)).collect())
     }
 
     pub fn value(&self, id: ValueId) -> &Value {

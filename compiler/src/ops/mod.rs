@@ -101,11 +101,16 @@ impl<'a> EvalCtx<'a> {
 
 pub type InferFn = fn(&InferCtx) -> Result<Vec<ValueType>>;
 pub type EvalFn = fn(&EvalCtx) -> Result<Vec<Tensor>>;
+/// Output values determined by the inputs' static types alone, whatever
+/// their values (Shape, Size): lets the importer fold shape arithmetic on
+/// run-time inputs.
+pub type KnownFn = fn(&InferCtx) -> Result<Vec<Tensor>>;
 
 pub struct OpDef {
     pub name: &'static str,
     pub infer: InferFn,
     pub eval: EvalFn,
+    pub known: Option<KnownFn>,
 }
 
 #[derive(Default)]
@@ -113,8 +118,21 @@ pub struct OpTable(HashMap<&'static str, OpDef>);
 
 impl OpTable {
     pub fn add(&mut self, name: &'static str, infer: InferFn, eval: EvalFn) {
-        let prev = self.0.insert(name, OpDef { name, infer, eval });
+        let prev = self.0.insert(
+            name,
+            OpDef {
+                name,
+                infer,
+                eval,
+                known: None,
+            },
+        );
         assert!(prev.is_none(), "op {name} registered twice");
+    }
+
+    /// Marks `name`'s outputs as computable from input types alone.
+    pub fn add_known(&mut self, name: &'static str, known: KnownFn) {
+        self.0.get_mut(name).expect("op registered before add_known").known = Some(known);
     }
 }
 

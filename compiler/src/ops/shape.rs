@@ -33,8 +33,16 @@ fn shape_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
 }
 
 fn shape_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
+    shape_value(c, c.input(0)?.shape())
+}
+
+fn shape_known(c: &InferCtx) -> Result<Vec<Tensor>> {
+    shape_value(c, &c.input(0)?.shape)
+}
+
+fn shape_value(c: &impl Ctx, shape: &[usize]) -> Result<Vec<Tensor>> {
     let (start, end) = shape_range(c)?;
-    let dims = c.input(0)?.shape()[start..end].iter().map(|&d| d as i64).collect();
+    let dims = shape[start..end].iter().map(|&d| d as i64).collect();
     Ok(vec![Tensor::from_vec(&[end - start], dims)?])
 }
 
@@ -45,6 +53,10 @@ fn size_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
 
 fn size_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     Ok(vec![Tensor::scalar(c.input(0)?.len() as i64)])
+}
+
+fn size_known(c: &InferCtx) -> Result<Vec<Tensor>> {
+    Ok(vec![Tensor::scalar(c.input(0)?.numel() as i64)])
 }
 
 fn identity_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
@@ -382,6 +394,8 @@ fn unique_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 pub fn register(t: &mut OpTable) {
     t.add("Shape", shape_infer, shape_eval);
     t.add("Size", size_infer, size_eval);
+    t.add_known("Shape", shape_known);
+    t.add_known("Size", size_known);
     t.add("Identity", identity_infer, identity_eval);
     t.add("Dropout", dropout_infer, dropout_eval);
     t.add("ConstantOfShape", constant_of_shape_infer, constant_of_shape_eval);
