@@ -21,15 +21,25 @@ fn tmp(name: &str) -> PathBuf {
 
 /// Runs cpucc and returns (exit code, stderr).
 fn cpucc(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cpucc")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_cpucc"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Asserts exit code 2 and a single stderr line containing every `needle`.
 fn rejects(args: &[&str], needles: &[&str]) {
     let (code, err) = cpucc(args);
     assert_eq!(code, 2, "exit code for {args:?}; stderr: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line expected: {err}"
+    );
     for n in needles {
         assert!(err.contains(n), "stderr {err:?} lacks {n:?}");
     }
@@ -37,7 +47,8 @@ fn rejects(args: &[&str], needles: &[&str]) {
 
 fn vi(name: &str, dims: &[Dimension]) -> ValueInfoProto {
     let mut v = untyped_shape(name);
-    if let Some(type_proto::Value::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+    if let Some(type_proto::Value::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
         t.shape = Some(TensorShapeProto { dim: dims.to_vec() });
     }
     v
@@ -59,7 +70,10 @@ fn untyped_shape(name: &str) -> ValueInfoProto {
 }
 
 fn fixed(n: i64) -> Dimension {
-    Dimension { value: Some(dimension::Value::DimValue(n)), ..Default::default() }
+    Dimension {
+        value: Some(dimension::Value::DimValue(n)),
+        ..Default::default()
+    }
 }
 
 fn node(name: &str, op: &str, inputs: &[&str], output: &str) -> NodeProto {
@@ -72,10 +86,18 @@ fn node(name: &str, op: &str, inputs: &[&str], output: &str) -> NodeProto {
     }
 }
 
-fn model(nodes: Vec<NodeProto>, inits: Vec<TensorProto>, input: ValueInfoProto, output: &str) -> Vec<u8> {
+fn model(
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+    input: ValueInfoProto,
+    output: &str,
+) -> Vec<u8> {
     ModelProto {
         ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(13) }],
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(13),
+        }],
         graph: Some(GraphProto {
             name: Some("g".into()),
             node: nodes,
@@ -102,7 +124,12 @@ fn s(p: &Path) -> &str {
 /// x -> Add(x, b) -> y, with `b` an initializer of shape [2].
 fn add_model() -> Vec<u8> {
     let b = tensor_to_proto(&Tensor::from_vec(&[2], vec![1f32, 2.0]).unwrap(), "b");
-    model(vec![node("add", "Add", &["x", "b"], "y")], vec![b], vi("x", &[fixed(2)]), "y")
+    model(
+        vec![node("add", "Add", &["x", "b"], "y")],
+        vec![b],
+        vi("x", &[fixed(2)]),
+        "y",
+    )
 }
 
 #[test]
@@ -135,8 +162,14 @@ fn valid_protobuf_of_another_message() {
 
 #[test]
 fn graph_with_a_cycle() {
-    let nodes = vec![node("a", "Relu", &["x2"], "x1"), node("b", "Relu", &["x1"], "x2")];
-    let p = write("cycle.onnx", &model(nodes, vec![], vi("x", &[fixed(2)]), "x2"));
+    let nodes = vec![
+        node("a", "Relu", &["x2"], "x1"),
+        node("b", "Relu", &["x1"], "x2"),
+    ];
+    let p = write(
+        "cycle.onnx",
+        &model(nodes, vec![], vi("x", &[fixed(2)]), "x2"),
+    );
     rejects(&["run", s(&p)], &["cycle", "node 'a'"]);
 }
 
@@ -144,7 +177,12 @@ fn graph_with_a_cycle() {
 fn missing_initializer() {
     let p = write(
         "missing.onnx",
-        &model(vec![node("add", "Add", &["x", "w"], "y")], vec![], vi("x", &[fixed(2)]), "y"),
+        &model(
+            vec![node("add", "Add", &["x", "w"], "y")],
+            vec![],
+            vi("x", &[fixed(2)]),
+            "y",
+        ),
     );
     rejects(&["run", s(&p)], &["node 'add'", "input 'w'", "not defined"]);
 }
@@ -154,7 +192,10 @@ fn input_dtype_mismatch() {
     let m = write("add.onnx", &add_model());
     let x = tmp("x_f64.npy");
     cpucc::io::write_npy(&x, &Tensor::from_vec(&[2], vec![1f64, 2.0]).unwrap()).unwrap();
-    rejects(&["run", s(&m), "--input", &format!("x={}", s(&x))], &["input 'x'", "f32[2]", "f64[2]"]);
+    rejects(
+        &["run", s(&m), "--input", &format!("x={}", s(&x))],
+        &["input 'x'", "f32[2]", "f64[2]"],
+    );
 }
 
 #[test]
@@ -162,17 +203,31 @@ fn input_shape_mismatch() {
     let m = write("add2.onnx", &add_model());
     let x = tmp("x_3.npy");
     cpucc::io::write_npy(&x, &Tensor::from_vec(&[3], vec![1f32, 2.0, 3.0]).unwrap()).unwrap();
-    rejects(&["run", s(&m), "--input", s(&x)], &["input 'x'", "dimension 0"]);
+    rejects(
+        &["run", s(&m), "--input", s(&x)],
+        &["input 'x'", "dimension 0"],
+    );
 }
 
 #[test]
 fn symbolic_dimension_needs_a_shape() {
-    let batch = Dimension { value: Some(dimension::Value::DimParam("batch".into())), ..Default::default() };
+    let batch = Dimension {
+        value: Some(dimension::Value::DimParam("batch".into())),
+        ..Default::default()
+    };
     let p = write(
         "symbolic.onnx",
-        &model(vec![node("r", "Relu", &["x"], "y")], vec![], vi("x", &[batch, fixed(4)]), "y"),
+        &model(
+            vec![node("r", "Relu", &["x"], "y")],
+            vec![],
+            vi("x", &[batch, fixed(4)]),
+            "y",
+        ),
     );
-    rejects(&["inspect", s(&p)], &["input 'x'", "dimension 0", "'batch'", "--shape"]);
+    rejects(
+        &["inspect", s(&p)],
+        &["input 'x'", "dimension 0", "'batch'", "--shape"],
+    );
     let (code, err) = cpucc(&["inspect", s(&p), "--shape", "x=3,4"]);
     assert_eq!(code, 0, "{err}");
 }
@@ -197,7 +252,12 @@ fn run_writes_outputs_matching_hand_computed_values() {
 fn unknown_op_is_unsupported() {
     let p = write(
         "unknown.onnx",
-        &model(vec![node("n", "NoSuchOp", &["x"], "y")], vec![], vi("x", &[fixed(2)]), "y"),
+        &model(
+            vec![node("n", "NoSuchOp", &["x"], "y")],
+            vec![],
+            vi("x", &[fixed(2)]),
+            "y",
+        ),
     );
     rejects(&["run", s(&p)], &["unsupported", "node 'n'", "NoSuchOp"]);
 }

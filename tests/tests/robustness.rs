@@ -12,9 +12,15 @@ fn example_bytes() -> Vec<u8> {
 
 #[test]
 fn shipped_example_matches_its_builder() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
     let shipped = std::fs::read(root.join(models::EXAMPLE_PATH)).unwrap();
-    assert!(shipped == example_bytes(), "run `cargo xtask models` to refresh {}", models::EXAMPLE_PATH);
+    assert!(
+        shipped == example_bytes(),
+        "run `cargo xtask models` to refresh {}",
+        models::EXAMPLE_PATH
+    );
 }
 
 #[test]
@@ -22,11 +28,15 @@ fn every_truncation_is_an_error_not_a_crash() {
     let full = example_bytes();
     assert!(load_bytes(&full, None, &ImportOptions::default()).is_ok());
     for len in 0..full.len() {
-        let r = std::panic::catch_unwind(|| load_bytes(&full[..len], None, &ImportOptions::default()));
+        let r =
+            std::panic::catch_unwind(|| load_bytes(&full[..len], None, &ImportOptions::default()));
         match r {
             Err(_) => panic!("import panicked on the first {len} bytes"),
             Ok(Err(Error::Internal(m))) => panic!("internal error on the first {len} bytes: {m}"),
-            Ok(Ok(_)) => panic!("the first {len} of {} bytes imported as a whole model", full.len()),
+            Ok(Ok(_)) => panic!(
+                "the first {len} of {} bytes imported as a whole model",
+                full.len()
+            ),
             Ok(Err(_)) => {}
         }
     }

@@ -12,9 +12,18 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> anyhow::Result<()> {
-    let cargo = |args: &[&str]| venv::run(Command::new("cargo").args(args).current_dir(venv::root()));
+    let cargo =
+        |args: &[&str]| venv::run(Command::new("cargo").args(args).current_dir(venv::root()));
     cargo(&["fmt", "--all", "--check"])?;
-    cargo(&["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--quiet",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     cargo(&["test", "--workspace", "--quiet"])?;
     conformance::main(conformance::Args::check())?;
     if !a.skip_ort {

@@ -32,7 +32,12 @@ pub struct Args {
 impl Args {
     /// The floor check CI runs.
     pub fn check() -> Args {
-        Args { filter: None, check: true, bless: false, verbose: false }
+        Args {
+            filter: None,
+            check: true,
+            bless: false,
+            verbose: false,
+        }
     }
 }
 

@@ -132,7 +132,10 @@ impl OpTable {
 
     /// Marks `name`'s outputs as computable from input types alone.
     pub fn add_known(&mut self, name: &'static str, known: KnownFn) {
-        self.0.get_mut(name).expect("op registered before add_known").known = Some(known);
+        self.0
+            .get_mut(name)
+            .expect("op registered before add_known")
+            .known = Some(known);
     }
 }
 

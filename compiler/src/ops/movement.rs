@@ -113,7 +113,11 @@ pub(super) fn norm_axes(axes: &[i64], rank: usize, what: &str) -> Result<Vec<usi
     let mut out = Vec::with_capacity(axes.len());
     for &a in axes {
         let n = norm_axis(a, rank, what)?;
-        ensure!(!out.contains(&n), Invalid, "{what} {axes:?} repeats axis {n}");
+        ensure!(
+            !out.contains(&n),
+            Invalid,
+            "{what} {axes:?} repeats axis {n}"
+        );
         out.push(n);
     }
     Ok(out)
@@ -121,7 +125,8 @@ pub(super) fn norm_axes(axes: &[i64], rank: usize, what: &str) -> Result<Vec<usi
 
 /// A dimension or count given as i64, which must be non-negative.
 pub(super) fn dim(v: i64, what: &str) -> Result<usize> {
-    usize::try_from(v).map_err(|_| Error::Invalid(format!("{what} must be non-negative, found {v}")))
+    usize::try_from(v)
+        .map_err(|_| Error::Invalid(format!("{what} must be non-negative, found {v}")))
 }
 
 /// The element count of a shape computed from user values, which must not
@@ -216,8 +221,18 @@ fn remap<T: Elem>(a: &ArrayD<T>, maps: &[AxisMap], fill: T) -> Vec<T> {
 
 /// `remap` on a tensor; `fill` (a tensor of the same dtype, first element
 /// used) defaults to zero / false.
-fn remap_tensor(t: &Tensor, maps: &[AxisMap], fill: Option<&Tensor>, shape: &[usize]) -> Result<Tensor> {
-    fn go<T: Elem>(a: &ArrayD<T>, maps: &[AxisMap], fill: Option<&Tensor>, shape: &[usize]) -> Result<Tensor> {
+fn remap_tensor(
+    t: &Tensor,
+    maps: &[AxisMap],
+    fill: Option<&Tensor>,
+    shape: &[usize],
+) -> Result<Tensor> {
+    fn go<T: Elem>(
+        a: &ArrayD<T>,
+        maps: &[AxisMap],
+        fill: Option<&Tensor>,
+        shape: &[usize],
+    ) -> Result<Tensor> {
         let fill = match fill {
             Some(f) => f.typed::<T>()?.iter().next().copied().unwrap_or_default(),
             None => T::default(),
@@ -238,7 +253,11 @@ fn relabel_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 }
 
 fn same_dtype(a: DType, b: DType, what: &str) -> Result<()> {
-    ensure!(a == b, Invalid, "'{what}' dtype {b} differs from the data dtype {a}");
+    ensure!(
+        a == b,
+        Invalid,
+        "'{what}' dtype {b} differs from the data dtype {a}"
+    );
     Ok(())
 }
 
@@ -246,13 +265,21 @@ fn same_dtype(a: DType, b: DType, what: &str) -> Result<()> {
 
 /// The output shape of Reshape: 0 copies the input dimension at the same
 /// index (unless `allowzero`), one -1 takes whatever is left.
-pub(super) fn resolve_reshape(input: &[usize], spec: &[i64], allowzero: bool) -> Result<Vec<usize>> {
+pub(super) fn resolve_reshape(
+    input: &[usize],
+    spec: &[i64],
+    allowzero: bool,
+) -> Result<Vec<usize>> {
     let mut out = Vec::with_capacity(spec.len());
     let mut infer_at = None;
     for (i, &d) in spec.iter().enumerate() {
         let n = match d {
             -1 => {
-                ensure!(infer_at.is_none(), Invalid, "shape {spec:?} has more than one -1");
+                ensure!(
+                    infer_at.is_none(),
+                    Invalid,
+                    "shape {spec:?} has more than one -1"
+                );
                 infer_at = Some(i);
                 1
             }
@@ -270,7 +297,7 @@ pub(super) fn resolve_reshape(input: &[usize], spec: &[i64], allowzero: bool) ->
     let known = numel(&out)?;
     if let Some(i) = infer_at {
         ensure!(
-            known != 0 && total % known == 0,
+            known != 0 && total.is_multiple_of(known),
             Invalid,
             "cannot infer the -1 in shape {spec:?} for input shape {input:?}"
         );
@@ -292,7 +319,10 @@ fn reshape_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     };
     let allowzero = c.attrs.int("allowzero", 0)? != 0;
     let x = c.input(0)?;
-    one(ValueType::new(x.dtype, resolve_reshape(&x.shape, &spec, allowzero)?))
+    one(ValueType::new(
+        x.dtype,
+        resolve_reshape(&x.shape, &spec, allowzero)?,
+    ))
 }
 
 fn flatten_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
@@ -376,13 +406,20 @@ fn perm(c: &impl Ctx) -> Result<Vec<usize>> {
     let Some(p) = c.attrs().ints_opt("perm")? else {
         return Ok((0..r).rev().collect());
     };
-    let bad = || Error::Invalid(format!("attribute 'perm' {p:?} is not a permutation of 0..{r}"));
+    let bad = || {
+        Error::Invalid(format!(
+            "attribute 'perm' {p:?} is not a permutation of 0..{r}"
+        ))
+    };
     if p.len() != r {
         return Err(bad());
     }
     let mut seen = vec![false; r];
     for &v in p {
-        let slot = usize::try_from(v).ok().and_then(|v| seen.get_mut(v)).ok_or_else(bad)?;
+        let slot = usize::try_from(v)
+            .ok()
+            .and_then(|v| seen.get_mut(v))
+            .ok_or_else(bad)?;
         if std::mem::replace(slot, true) {
             return Err(bad());
         }
@@ -412,9 +449,17 @@ struct Rearrange {
 
 fn blocks(c: &impl Ctx) -> Result<(usize, usize, usize, usize, usize, bool)> {
     let s = c.shape(0)?;
-    ensure!(s.len() == 4, Invalid, "input must be 4-D (N,C,H,W), found shape {s:?}");
+    ensure!(
+        s.len() == 4,
+        Invalid,
+        "input must be 4-D (N,C,H,W), found shape {s:?}"
+    );
     let b = c.attrs().req_int("blocksize")?;
-    ensure!(b > 0, Invalid, "attribute 'blocksize' must be positive, found {b}");
+    ensure!(
+        b > 0,
+        Invalid,
+        "attribute 'blocksize' must be positive, found {b}"
+    );
     let crd = match c.attrs().string("mode", "DCR")? {
         "DCR" => false,
         "CRD" => true,
@@ -426,14 +471,24 @@ fn blocks(c: &impl Ctx) -> Result<(usize, usize, usize, usize, usize, bool)> {
 fn depth_to_space(c: &impl Ctx) -> Result<Rearrange> {
     let (n, ch, h, w, b, crd) = blocks(c)?;
     let bb = b.checked_mul(b).filter(|&bb| ch % bb == 0).ok_or_else(|| {
-        Error::Invalid(format!("channels {ch} are not a multiple of blocksize² ({b}²)"))
+        Error::Invalid(format!(
+            "channels {ch} are not a multiple of blocksize² ({b}²)"
+        ))
     })?;
     let c2 = ch / bb;
     let out = vec![n, c2, numel(&[h, b])?, numel(&[w, b])?];
     Ok(if crd {
-        Rearrange { tmp: vec![n, c2, b, b, h, w], perm: [0, 1, 4, 2, 5, 3], out }
+        Rearrange {
+            tmp: vec![n, c2, b, b, h, w],
+            perm: [0, 1, 4, 2, 5, 3],
+            out,
+        }
     } else {
-        Rearrange { tmp: vec![n, b, b, c2, h, w], perm: [0, 3, 4, 1, 5, 2], out }
+        Rearrange {
+            tmp: vec![n, b, b, c2, h, w],
+            perm: [0, 3, 4, 1, 5, 2],
+            out,
+        }
     })
 }
 
@@ -446,7 +501,11 @@ fn space_to_depth(c: &impl Ctx) -> Result<Rearrange> {
     );
     let out = vec![n, numel(&[ch, b, b])?, h / b, w / b];
     let tmp = vec![n, ch, h / b, b, w / b, b];
-    let perm = if crd { [0, 1, 3, 5, 2, 4] } else { [0, 3, 5, 1, 2, 4] };
+    let perm = if crd {
+        [0, 1, 3, 5, 2, 4]
+    } else {
+        [0, 3, 5, 1, 2, 4]
+    };
     Ok(Rearrange { tmp, perm, out })
 }
 
@@ -468,7 +527,9 @@ fn concat_axis(c: &impl Ctx, rank: usize) -> Result<usize> {
 
 fn concat_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     let tys: Vec<&ValueType> = c.inputs.iter().flatten().copied().collect();
-    let first = *tys.first().ok_or_else(|| Error::Invalid("needs at least one input".into()))?;
+    let first = *tys
+        .first()
+        .ok_or_else(|| Error::Invalid("needs at least one input".into()))?;
     let ax = concat_axis(c, first.shape.len())?;
     let mut shape = first.shape.clone();
     shape[ax] = 0;
@@ -522,7 +583,10 @@ fn split_plan(c: &impl Ctx, n_out: usize) -> Result<(usize, Vec<usize>)> {
             "'split' has {} sizes for {n_out} outputs",
             s.len()
         );
-        let sizes = s.iter().map(|&v| dim(v, "'split'")).collect::<Result<Vec<_>>>()?;
+        let sizes = s
+            .iter()
+            .map(|&v| dim(v, "'split'"))
+            .collect::<Result<Vec<_>>>()?;
         let sum = sizes.iter().try_fold(0usize, |a, &b| a.checked_add(b));
         ensure!(
             sum == Some(d),
@@ -546,7 +610,9 @@ fn split_plan(c: &impl Ctx, n_out: usize) -> Result<(usize, Vec<usize>)> {
     }
     let part = d / n_out + 1;
     let last = d.checked_sub(part * (n_out - 1)).ok_or_else(|| {
-        Error::Invalid(format!("cannot split an axis of size {d} into {n_out} parts"))
+        Error::Invalid(format!(
+            "cannot split an axis of size {d} into {n_out} parts"
+        ))
     })?;
     let mut sizes = vec![part; n_out - 1];
     sizes.push(last);
@@ -596,7 +662,11 @@ struct AxisSlice {
 /// to `[0, d]` (`[-1, d-1]` stepping backwards).
 fn clamp_slice(d: usize, start: i64, end: i64, step: i64) -> AxisSlice {
     if d == 0 {
-        return AxisSlice { start: 0, step, len: 0 };
+        return AxisSlice {
+            start: 0,
+            step,
+            len: 0,
+        };
     }
     let n = d as i64;
     let adjust = |v: i64| if v < 0 { v.saturating_add(n) } else { v };
@@ -608,7 +678,11 @@ fn clamp_slice(d: usize, start: i64, end: i64, step: i64) -> AxisSlice {
         let (s, e) = (start.clamp(0, n - 1), end.clamp(-1, n - 1));
         (s, s - e, step.unsigned_abs())
     };
-    let len = if span > 0 { (span as u64).div_ceil(stride) as usize } else { 0 };
+    let len = if span > 0 {
+        (span as u64).div_ceil(stride) as usize
+    } else {
+        0
+    };
     AxisSlice { start, step, len }
 }
 
@@ -619,7 +693,12 @@ fn slice_plan(c: &impl Ctx) -> Result<Vec<AxisSlice>> {
     let (starts, ends, axes, steps) = if c.opset() < 10 {
         let a = c.attrs();
         let axes = attr_ints(a, "axes")?.filter(|x| !x.is_empty());
-        (req_attr_ints(a, "starts")?, req_attr_ints(a, "ends")?, axes, None)
+        (
+            req_attr_ints(a, "starts")?,
+            req_attr_ints(a, "ends")?,
+            axes,
+            None,
+        )
     } else {
         (
             req_ints(c, 1, "starts")?,
@@ -629,22 +708,46 @@ fn slice_plan(c: &impl Ctx) -> Result<Vec<AxisSlice>> {
         )
     };
     let n = starts.len();
-    ensure!(ends.len() == n, Invalid, "'starts' has {n} values but 'ends' {}", ends.len());
+    ensure!(
+        ends.len() == n,
+        Invalid,
+        "'starts' has {n} values but 'ends' {}",
+        ends.len()
+    );
     let axes = match axes {
         Some(a) => {
-            ensure!(a.len() == n, Invalid, "'axes' has {} values for {n} starts", a.len());
+            ensure!(
+                a.len() == n,
+                Invalid,
+                "'axes' has {} values for {n} starts",
+                a.len()
+            );
             norm_axes(&a, shape.len(), "axis")?
         }
         None => {
-            ensure!(n <= shape.len(), Invalid, "{n} starts for rank {}", shape.len());
+            ensure!(
+                n <= shape.len(),
+                Invalid,
+                "{n} starts for rank {}",
+                shape.len()
+            );
             (0..n).collect()
         }
     };
     let steps = steps.unwrap_or_else(|| vec![1; n]);
-    ensure!(steps.len() == n, Invalid, "'steps' has {} values for {n} starts", steps.len());
+    ensure!(
+        steps.len() == n,
+        Invalid,
+        "'steps' has {} values for {n} starts",
+        steps.len()
+    );
     let mut plan: Vec<AxisSlice> = shape
         .iter()
-        .map(|&d| AxisSlice { start: 0, step: 1, len: d })
+        .map(|&d| AxisSlice {
+            start: 0,
+            step: 1,
+            len: d,
+        })
         .collect();
     for i in 0..n {
         ensure!(steps[i] != 0, Invalid, "'steps' must not contain 0");
@@ -661,20 +764,38 @@ fn slice_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
 fn slice_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     let maps: Vec<AxisMap> = slice_plan(c)?
         .iter()
-        .map(|s| (0..s.len).map(|i| Some((s.start + i as i64 * s.step) as usize)).collect())
+        .map(|s| {
+            (0..s.len)
+                .map(|i| Some((s.start + i as i64 * s.step) as usize))
+                .collect()
+        })
         .collect();
-    Ok(vec![remap_tensor(c.input(0)?, &maps, None, &c.outputs[0].shape)?])
+    Ok(vec![remap_tensor(
+        c.input(0)?,
+        &maps,
+        None,
+        &c.outputs[0].shape,
+    )?])
 }
 
 // ------------------------------------------------------------------- Gather
 
 fn gather_axis(c: &impl Ctx) -> Result<usize> {
-    norm_axis(c.attrs().int("axis", 0)?, c.shape(0)?.len(), "attribute 'axis'")
+    norm_axis(
+        c.attrs().int("axis", 0)?,
+        c.shape(0)?.len(),
+        "attribute 'axis'",
+    )
 }
 
 fn indices_type<'a>(c: &InferCtx<'a>, i: usize) -> Result<&'a ValueType> {
     let t = c.input(i)?;
-    ensure!(t.dtype.is_int(), Invalid, "'indices' must be integers, found {}", t.dtype);
+    ensure!(
+        t.dtype.is_int(),
+        Invalid,
+        "'indices' must be integers, found {}",
+        t.dtype
+    );
     Ok(t)
 }
 
@@ -765,7 +886,14 @@ fn gather_nd_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
 }
 
 fn gather_nd_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
-    fn go<T: Elem>(a: &ArrayD<T>, idx: &[i64], idx_shape: &[usize], b: usize, k: usize, out_shape: &[usize]) -> Result<Tensor> {
+    fn go<T: Elem>(
+        a: &ArrayD<T>,
+        idx: &[i64],
+        idx_shape: &[usize],
+        b: usize,
+        k: usize,
+        out_shape: &[usize],
+    ) -> Result<Tensor> {
         let data = a.shape();
         let src = contiguous(a);
         let per_batch = prod(&idx_shape[b..idx_shape.len() - 1]);
@@ -790,7 +918,9 @@ fn gather_nd_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     let (k, shape) = gather_nd_plan(x.shape(), it.shape(), b)?;
     let idx = int_values(it, "indices")?;
     let b = b as usize;
-    Ok(vec![dispatch!(x, a => go(a, &idx, it.shape(), b, k, &shape)?)])
+    Ok(vec![
+        dispatch!(x, a => go(a, &idx, it.shape(), b, k, &shape)?),
+    ])
 }
 
 // ------------------------------------------------------------------ Scatter
@@ -811,8 +941,15 @@ fn reduction(attrs: &Attrs) -> Result<Reduction> {
         "mul" => Reduction::Mul,
         "max" => Reduction::Max,
         "min" => Reduction::Min,
-        r => bail!(Invalid, "attribute 'reduction' must be none, add, mul, max or min, found {r:?}"),
+        r => bail!(
+            Invalid,
+            "attribute 'reduction' must be none, add, mul, max or min, found {r:?}"
+        ),
     })
+}
+
+pub(super) fn is_nan<T: PartialOrd>(x: T) -> bool {
+    x.partial_cmp(&x).is_none()
 }
 
 fn keep_update<T>(_: T, u: T) -> T {
@@ -826,8 +963,8 @@ fn reducer<T: Arith>(r: Reduction) -> fn(T, T) -> T {
         Reduction::None => keep_update,
         Reduction::Add => T::add,
         Reduction::Mul => T::mul,
-        Reduction::Max => |x, u| if x != x || x >= u { x } else { u },
-        Reduction::Min => |x, u| if x != x || x <= u { x } else { u },
+        Reduction::Max => |x, u| if is_nan(x) || x >= u { x } else { u },
+        Reduction::Min => |x, u| if is_nan(x) || x <= u { x } else { u },
     }
 }
 
@@ -859,7 +996,13 @@ fn scatter_elements_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
 }
 
 fn scatter_elements_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
-    fn go<T: Elem>(a: &ArrayD<T>, idx: &ArrayD<i64>, upd: &Tensor, ax: usize, f: fn(T, T) -> T) -> Result<Tensor> {
+    fn go<T: Elem>(
+        a: &ArrayD<T>,
+        idx: &ArrayD<i64>,
+        upd: &Tensor,
+        ax: usize,
+        f: fn(T, T) -> T,
+    ) -> Result<Tensor> {
         let d = a.shape()[ax];
         let mut out = a.as_standard_layout().into_owned();
         for ((mut pos, &i), &u) in idx.indexed_iter().zip(upd.typed::<T>()?.iter()) {
@@ -873,7 +1016,9 @@ fn scatter_elements_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     let upd = c.input(2)?;
     let ax = gather_axis(c)?;
     let red = reduction(c.attrs)?;
-    Ok(vec![with_reducer!(c.input(0)?, red, a, f => go(a, &idx, upd, ax, f)?)])
+    Ok(vec![
+        with_reducer!(c.input(0)?, red, a, f => go(a, &idx, upd, ax, f)?),
+    ])
 }
 
 fn scatter_nd_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
@@ -925,7 +1070,9 @@ fn scatter_nd_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     }
     let (it, upd) = (c.input(1)?, c.input(2)?);
     let red = reduction(c.attrs)?;
-    Ok(vec![with_reducer!(c.input(0)?, red, a, f => go(a, it, upd, f)?)])
+    Ok(vec![
+        with_reducer!(c.input(0)?, red, a, f => go(a, it, upd, f)?),
+    ])
 }
 
 // ------------------------------------------------------ Expand, Tile, Pad
@@ -946,7 +1093,9 @@ fn expand_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
 
 fn expand_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     let out = &c.outputs[0].shape;
-    Ok(vec![dispatch!(c.input(0)?, a => Tensor::from(broadcast::view(a, out)?.as_standard_layout().into_owned()))])
+    Ok(vec![
+        dispatch!(c.input(0)?, a => Tensor::from(broadcast::view(a, out)?.as_standard_layout().into_owned())),
+    ])
 }
 
 fn tile_repeats(c: &impl Ctx) -> Result<Vec<usize>> {
@@ -1012,7 +1161,10 @@ fn pad_plan(c: &impl Ctx) -> Result<PadPlan> {
         "reflect" => PadMode::Reflect,
         "edge" => PadMode::Edge,
         "wrap" => PadMode::Wrap,
-        m => bail!(Invalid, "attribute 'mode' must be constant, reflect, edge or wrap, found {m:?}"),
+        m => bail!(
+            Invalid,
+            "attribute 'mode' must be constant, reflect, edge or wrap, found {m:?}"
+        ),
     };
     let (raw, axes) = if c.opset() < 11 {
         let name = if c.opset() < 2 { "paddings" } else { "pads" };
@@ -1040,7 +1192,9 @@ fn pad_plan(c: &impl Ctx) -> Result<PadPlan> {
     for (&d, &(b, e)) in shape.iter().zip(&pads) {
         let o = d as i128 + b as i128 + e as i128;
         let o = usize::try_from(o).map_err(|_| {
-            Error::Invalid(format!("pads ({b}, {e}) on an axis of size {d} give size {o}"))
+            Error::Invalid(format!(
+                "pads ({b}, {e}) on an axis of size {d} give size {o}"
+            ))
         })?;
         ensure!(
             mode == PadMode::Constant || d > 0 || o == 0,
@@ -1089,7 +1243,9 @@ fn pad_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     let maps: Vec<AxisMap> = (0..plan.out.len())
         .map(|a| {
             let (begin, d) = (plan.pads[a].0, x.shape()[a]);
-            (0..plan.out[a]).map(|o| pad_source(o, begin, d, plan.mode)).collect()
+            (0..plan.out[a])
+                .map(|o| pad_source(o, begin, d, plan.mode))
+                .collect()
         })
         .collect();
     let attr_value;
@@ -1143,7 +1299,9 @@ fn center_crop_pad_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
                 (0..t).map(|o| Some(o + (d - t) / 2)).collect()
             } else {
                 let before = (t - d) / 2;
-                (0..t).map(|o| o.checked_sub(before).filter(|&s| s < d)).collect()
+                (0..t)
+                    .map(|o| o.checked_sub(before).filter(|&s| s < d))
+                    .collect()
             }
         })
         .collect();
@@ -1154,9 +1312,18 @@ fn center_crop_pad_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 
 fn trilu_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     let x = c.input(0)?;
-    ensure!(x.shape.len() >= 2, Invalid, "input must have rank >= 2, found {}", x.shape.len());
+    ensure!(
+        x.shape.len() >= 2,
+        Invalid,
+        "input must have rank >= 2, found {}",
+        x.shape.len()
+    );
     if c.has(1) {
-        ensure!(c.input(1)?.dtype.is_int(), Invalid, "'k' must be an integer");
+        ensure!(
+            c.input(1)?.dtype.is_int(),
+            Invalid,
+            "'k' must be an integer"
+        );
     }
     one(x.clone())
 }
@@ -1179,7 +1346,12 @@ fn trilu_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     let k = match c.opt(1) {
         Some(t) => {
             let v = int_values(t, "k")?;
-            ensure!(v.len() == 1, Invalid, "'k' must hold one value, found {}", v.len());
+            ensure!(
+                v.len() == 1,
+                Invalid,
+                "'k' must hold one value, found {}",
+                v.len()
+            );
             v[0]
         }
         None => 0,
@@ -1193,17 +1365,29 @@ fn one_hot_plan(c: &impl Ctx) -> Result<(usize, usize)> {
     let depth = c
         .value(1, "depth")?
         .ok_or_else(|| Error::Invalid("missing required input 1 (depth)".into()))?;
-    ensure!(depth.dtype() != DType::Bool, Invalid, "'depth' must be numeric");
+    ensure!(
+        depth.dtype() != DType::Bool,
+        Invalid,
+        "'depth' must be numeric"
+    );
     // Non-integer depths are cast to int64, as the spec says.
     let depth = depth.scalar_f64()?;
-    ensure!(depth >= 0.0, Invalid, "'depth' must be non-negative, found {depth}");
+    ensure!(
+        (0.0..=f64::INFINITY).contains(&depth),
+        Invalid,
+        "'depth' must be non-negative, found {depth}"
+    );
     let ax = norm_axis(c.attrs().int("axis", -1)?, rank + 1, "attribute 'axis'")?;
     Ok((depth as usize, ax))
 }
 
 fn one_hot_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     let (idx, vals) = (c.input(0)?, c.input(2)?);
-    ensure!(idx.dtype != DType::Bool, Invalid, "'indices' must be numeric");
+    ensure!(
+        idx.dtype != DType::Bool,
+        Invalid,
+        "'indices' must be numeric"
+    );
     ensure!(
         vals.numel() == 2 && vals.shape.len() == 1,
         Invalid,
@@ -1218,10 +1402,20 @@ fn one_hot_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
 }
 
 fn one_hot_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
-    fn go<T: Elem>(vals: &ArrayD<T>, idx: &[i64], inner: usize, depth: usize, shape: &[usize]) -> Result<Tensor> {
+    fn go<T: Elem>(
+        vals: &ArrayD<T>,
+        idx: &[i64],
+        inner: usize,
+        depth: usize,
+        shape: &[usize],
+    ) -> Result<Tensor> {
         let v = contiguous(vals);
         let [off, on] = v[..] else {
-            bail!(Invalid, "'values' must hold [off_value, on_value], found {} values", v.len());
+            bail!(
+                Invalid,
+                "'values' must hold [off_value, on_value], found {} values",
+                v.len()
+            );
         };
         let mut out = vec![off; prod(shape)];
         let d = depth as i64;
@@ -1239,7 +1433,9 @@ fn one_hot_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     let idx: Vec<i64> = dispatch!(it, a => a.iter().map(|x| x.to_i128() as i64).collect());
     let inner = prod(&it.shape()[ax..]);
     let shape = &c.outputs[0].shape;
-    Ok(vec![dispatch!(c.input(2)?, a => go(a, &idx, inner, depth, shape)?)])
+    Ok(vec![
+        dispatch!(c.input(2)?, a => go(a, &idx, inner, depth, shape)?),
+    ])
 }
 
 // ---------------------------------------------- Compress, ReverseSequence
@@ -1250,19 +1446,33 @@ fn compress_plan(c: &impl Ctx) -> Result<(Option<usize>, Vec<usize>)> {
     let cond = c
         .value(1, "condition")?
         .ok_or_else(|| Error::Invalid("missing required input 1 (condition)".into()))?;
-    let cond = cond.typed::<bool>().map_err(|_| {
-        Error::Invalid(format!("'condition' must be bool, found {}", cond.dtype()))
-    })?;
-    ensure!(cond.ndim() == 1, Invalid, "'condition' must be 1-D, found shape {:?}", cond.shape());
+    let cond = cond
+        .typed::<bool>()
+        .map_err(|_| Error::Invalid(format!("'condition' must be bool, found {}", cond.dtype())))?;
+    ensure!(
+        cond.ndim() == 1,
+        Invalid,
+        "'condition' must be 1-D, found shape {:?}",
+        cond.shape()
+    );
     let axis = c
         .attrs()
         .int_opt("axis")?
         .map(|a| norm_axis(a, shape.len(), "attribute 'axis'"))
         .transpose()?;
     let d = axis.map_or(prod(shape), |a| shape[a]);
-    let keep: Vec<usize> = cond.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i).collect();
+    let keep: Vec<usize> = cond
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| **k)
+        .map(|(i, _)| i)
+        .collect();
     if let Some(&last) = keep.last() {
-        ensure!(last < d, Invalid, "'condition' selects index {last} of an axis of size {d}");
+        ensure!(
+            last < d,
+            Invalid,
+            "'condition' selects index {last} of an axis of size {d}"
+        );
     }
     Ok((axis, keep))
 }
@@ -1298,7 +1508,11 @@ fn compress_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 
 fn reverse_sequence_axes(c: &impl Ctx) -> Result<(usize, usize)> {
     let rank = c.shape(0)?.len();
-    ensure!(rank >= 2, Invalid, "input must have rank >= 2, found {rank}");
+    ensure!(
+        rank >= 2,
+        Invalid,
+        "input must have rank >= 2, found {rank}"
+    );
     let b = c.attrs().int("batch_axis", 1)?;
     let t = c.attrs().int("time_axis", 0)?;
     ensure!(
@@ -1312,7 +1526,11 @@ fn reverse_sequence_axes(c: &impl Ctx) -> Result<(usize, usize)> {
 fn reverse_sequence_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     let (x, lens) = (c.input(0)?, c.input(1)?);
     let (b, _) = reverse_sequence_axes(c)?;
-    ensure!(lens.dtype.is_int(), Invalid, "'sequence_lens' must be integers");
+    ensure!(
+        lens.dtype.is_int(),
+        Invalid,
+        "'sequence_lens' must be integers"
+    );
     ensure!(
         lens.shape == [x.shape[b]],
         Invalid,
@@ -1340,7 +1558,11 @@ fn reverse_sequence_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
         .into_iter()
         .map(|l| {
             let l = dim(l, "'sequence_lens'")?;
-            ensure!(l <= steps, Invalid, "sequence length {l} exceeds the time axis size {steps}");
+            ensure!(
+                l <= steps,
+                Invalid,
+                "sequence length {l} exceeds the time axis size {steps}"
+            );
             Ok(l)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -1367,9 +1589,17 @@ pub fn register(t: &mut OpTable) {
     t.add("Split", split_infer, split_eval);
     t.add("Slice", slice_infer, slice_eval);
     t.add("Gather", gather_infer, gather_eval);
-    t.add("GatherElements", gather_elements_infer, gather_elements_eval);
+    t.add(
+        "GatherElements",
+        gather_elements_infer,
+        gather_elements_eval,
+    );
     t.add("GatherND", gather_nd_infer, gather_nd_eval);
-    t.add("ScatterElements", scatter_elements_infer, scatter_elements_eval);
+    t.add(
+        "ScatterElements",
+        scatter_elements_infer,
+        scatter_elements_eval,
+    );
     t.add("Scatter", scatter_elements_infer, scatter_elements_eval);
     t.add("ScatterND", scatter_nd_infer, scatter_nd_eval);
     t.add("Expand", expand_infer, expand_eval);
@@ -1379,5 +1609,339 @@ pub fn register(t: &mut OpTable) {
     t.add("Trilu", trilu_infer, trilu_eval);
     t.add("OneHot", one_hot_infer, one_hot_eval);
     t.add("Compress", compress_infer, compress_eval);
-    t.add("ReverseSequence", reverse_sequence_infer, reverse_sequence_eval);
+    t.add(
+        "ReverseSequence",
+        reverse_sequence_infer,
+        reverse_sequence_eval,
+    );
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::ir::Attr;
+
+    /// Infers and evaluates `op` on constant inputs, as constant folding does.
+    pub(crate) fn run(
+        op: &str,
+        opset: i64,
+        attrs: &[(&str, Attr)],
+        inputs: &[Option<Tensor>],
+    ) -> Result<Vec<Tensor>> {
+        let mut a = Attrs::default();
+        for (k, v) in attrs {
+            a.set(k, v.clone());
+        }
+        let tys: Vec<Option<ValueType>> = inputs
+            .iter()
+            .map(|t| t.as_ref().map(ValueType::of))
+            .collect();
+        let ctx = InferCtx {
+            attrs: &a,
+            opset,
+            inputs: tys.iter().map(Option::as_ref).collect(),
+            consts: inputs.iter().map(Option::as_ref).collect(),
+            names: inputs.iter().map(|_| Some("x")).collect(),
+            num_outputs: 1,
+        };
+        let out = (crate::ops::lookup(op)?.infer)(&ctx)?;
+        crate::ops::eval(
+            op,
+            &a,
+            opset,
+            inputs.iter().map(Option::as_ref).collect(),
+            &out,
+        )
+    }
+
+    pub(crate) fn f32s(shape: &[usize], v: &[f32]) -> Option<Tensor> {
+        Some(Tensor::from_vec(shape, v.to_vec()).unwrap())
+    }
+
+    pub(crate) fn i64s(v: &[i64]) -> Option<Tensor> {
+        Some(Tensor::from_vec(&[v.len()], v.to_vec()).unwrap())
+    }
+
+    fn vals(t: &Tensor) -> (Vec<usize>, Vec<f64>) {
+        (t.shape().to_vec(), t.to_f64_vec())
+    }
+
+    fn iota(shape: &[usize]) -> Option<Tensor> {
+        let n = shape.iter().product::<usize>();
+        f32s(shape, &(0..n).map(|i| i as f32).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn reshape_zero_and_minus_one() {
+        assert_eq!(
+            resolve_reshape(&[2, 3, 4], &[0, -1], false).unwrap(),
+            vec![2, 12]
+        );
+        assert_eq!(resolve_reshape(&[0, 3], &[3, 0], true).unwrap(), vec![3, 0]);
+        assert!(resolve_reshape(&[2, 3], &[-1, -1], false).is_err());
+        assert!(resolve_reshape(&[2, 3], &[0, 0, 0], false).is_err());
+        assert!(resolve_reshape(&[2, 3], &[4, -1], false).is_err());
+        assert!(resolve_reshape(&[2, 3], &[i64::MAX, i64::MAX], false).is_err());
+    }
+
+    #[test]
+    fn slice_clamps_like_the_spec() {
+        let s = |d, a, b, st| {
+            let p = clamp_slice(d, a, b, st);
+            (p.start, p.len)
+        };
+        assert_eq!(s(5, 1, 1000, 1), (1, 4));
+        assert_eq!(s(5, -1, i64::MIN, -1), (4, 5));
+        assert_eq!(s(5, 10, -10, -2), (4, 3));
+        assert_eq!(s(5, 0, 5, i64::MAX), (0, 1));
+        assert_eq!(s(0, 0, -1, -1), (0, 0));
+        let out = run(
+            "Slice",
+            13,
+            &[],
+            &[
+                iota(&[2, 4]),
+                i64s(&[1, 3]),
+                i64s(&[2, 0]),
+                i64s(&[0, 1]),
+                i64s(&[1, -2]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(vals(&out[0]), (vec![1, 2], vec![7.0, 5.0]));
+    }
+
+    #[test]
+    fn gather_negative_and_out_of_range() {
+        let idx = Some(Tensor::from_vec(&[2], vec![-1i32, 0]).unwrap());
+        let out = run(
+            "Gather",
+            13,
+            &[("axis", Attr::Int(1))],
+            &[iota(&[2, 3]), idx],
+        )
+        .unwrap();
+        assert_eq!(vals(&out[0]), (vec![2, 2], vec![2.0, 0.0, 5.0, 3.0]));
+        let bad = Some(Tensor::from_vec(&[1], vec![3i64]).unwrap());
+        let err = run(
+            "Gather",
+            13,
+            &[("axis", Attr::Int(1))],
+            &[iota(&[2, 3]), bad],
+        );
+        assert!(matches!(err, Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn gather_nd_with_batch_dims() {
+        let idx = Some(Tensor::from_vec(&[2, 1], vec![1i64, 0]).unwrap());
+        let out = run(
+            "GatherND",
+            13,
+            &[("batch_dims", Attr::Int(1))],
+            &[iota(&[2, 2, 2]), idx],
+        )
+        .unwrap();
+        assert_eq!(vals(&out[0]), (vec![2, 2], vec![2.0, 3.0, 4.0, 5.0]));
+    }
+
+    #[test]
+    fn scatter_reductions() {
+        let idx = Some(Tensor::from_vec(&[1, 2], vec![1i64, 1]).unwrap());
+        let upd = f32s(&[1, 2], &[2.0, 3.0]);
+        let attrs = [
+            ("axis", Attr::Int(1)),
+            ("reduction", Attr::String("add".into())),
+        ];
+        let out = run("ScatterElements", 18, &attrs, &[iota(&[1, 3]), idx, upd]).unwrap();
+        assert_eq!(vals(&out[0]).1, vec![0.0, 6.0, 2.0]);
+        let idx = Some(Tensor::from_vec(&[1, 1], vec![-1i64]).unwrap());
+        let attrs = [("reduction", Attr::String("max".into()))];
+        let out = run(
+            "ScatterND",
+            18,
+            &attrs,
+            &[iota(&[2, 2]), idx, f32s(&[1, 2], &[5.0, 0.0])],
+        )
+        .unwrap();
+        assert_eq!(vals(&out[0]).1, vec![0.0, 1.0, 5.0, 3.0]);
+    }
+
+    #[test]
+    fn pad_modes() {
+        let x = iota(&[3]);
+        let pads = i64s(&[4, 2]);
+        let mode = |m: &str| [("mode", Attr::String(m.into()))];
+        let go =
+            |m: &str| run("Pad", 19, &mode(m), &[x.clone(), pads.clone()]).unwrap()[0].to_f64_vec();
+        assert_eq!(
+            go("reflect"),
+            vec![0.0, 1.0, 2.0, 1.0, 0.0, 1.0, 2.0, 1.0, 0.0]
+        );
+        assert_eq!(
+            go("edge"),
+            vec![0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0]
+        );
+        assert_eq!(
+            go("wrap"),
+            vec![2.0, 0.0, 1.0, 2.0, 0.0, 1.0, 2.0, 0.0, 1.0]
+        );
+        let out = run(
+            "Pad",
+            19,
+            &[],
+            &[x.clone(), i64s(&[-1, 1]), f32s(&[], &[9.0])],
+        )
+        .unwrap();
+        assert_eq!(out[0].to_f64_vec(), vec![1.0, 2.0, 9.0]);
+        let old = [
+            ("pads", Attr::Ints(vec![1, 0])),
+            ("value", Attr::Float(7.0)),
+        ];
+        assert_eq!(
+            run("Pad", 2, &old, &[x]).unwrap()[0].to_f64_vec(),
+            vec![7.0, 0.0, 1.0, 2.0]
+        );
+    }
+
+    #[test]
+    fn split_uneven_and_by_sizes() {
+        let mut a = Attrs::default();
+        a.set("num_outputs", Attr::Int(3));
+        let x = iota(&[7]).unwrap();
+        let ty = ValueType::of(&x);
+        let ctx = InferCtx {
+            attrs: &a,
+            opset: 18,
+            inputs: vec![Some(&ty)],
+            consts: vec![None],
+            names: vec![Some("x")],
+            num_outputs: 3,
+        };
+        let (_, sizes) = split_plan(&ctx, 3).unwrap();
+        assert_eq!(sizes, vec![3, 3, 1]);
+        let ctx = InferCtx {
+            num_outputs: 2,
+            ..ctx
+        };
+        assert!(split_plan(&ctx, 2).is_err());
+    }
+
+    #[test]
+    fn depth_to_space_crd() {
+        let attrs = [
+            ("blocksize", Attr::Int(2)),
+            ("mode", Attr::String("CRD".into())),
+        ];
+        let out = run("DepthToSpace", 13, &attrs, &[iota(&[1, 4, 1, 1])]).unwrap();
+        assert_eq!(vals(&out[0]), (vec![1, 1, 2, 2], vec![0.0, 1.0, 2.0, 3.0]));
+        let out = run(
+            "SpaceToDepth",
+            13,
+            &[("blocksize", Attr::Int(2))],
+            &[iota(&[1, 1, 2, 2])],
+        )
+        .unwrap();
+        assert_eq!(vals(&out[0]), (vec![1, 4, 1, 1], vec![0.0, 1.0, 2.0, 3.0]));
+    }
+
+    #[test]
+    fn trilu_onehot_compress() {
+        let out = run(
+            "Trilu",
+            14,
+            &[("upper", Attr::Int(0))],
+            &[iota(&[2, 3]), Some(Tensor::scalar(1i64))],
+        )
+        .unwrap();
+        assert_eq!(out[0].to_f64_vec(), vec![0.0, 1.0, 0.0, 3.0, 4.0, 5.0]);
+        let idx = i64s(&[-1, 5, 0]);
+        let out = run(
+            "OneHot",
+            11,
+            &[("axis", Attr::Int(0))],
+            &[idx, Some(Tensor::scalar(3.0f32)), f32s(&[2], &[0.0, 1.0])],
+        )
+        .unwrap();
+        assert_eq!(
+            vals(&out[0]),
+            (
+                vec![3, 3],
+                vec![0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+            )
+        );
+        let cond = Some(Tensor::from_vec(&[2], vec![false, true]).unwrap());
+        let out = run(
+            "Compress",
+            11,
+            &[("axis", Attr::Int(1))],
+            &[iota(&[2, 3]), cond],
+        )
+        .unwrap();
+        assert_eq!(vals(&out[0]), (vec![2, 1], vec![1.0, 4.0]));
+        let cond = Some(Tensor::from_vec(&[4], vec![false, false, false, true]).unwrap());
+        assert!(
+            run(
+                "Compress",
+                11,
+                &[("axis", Attr::Int(1))],
+                &[iota(&[2, 3]), cond]
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn squeeze_unsqueeze_tile_expand() {
+        let out = run("Unsqueeze", 13, &[], &[iota(&[2]), i64s(&[-1, 0])]).unwrap();
+        assert_eq!(out[0].shape(), &[1, 2, 1]);
+        let out = run(
+            "Squeeze",
+            11,
+            &[("axes", Attr::Ints(vec![-1]))],
+            &[Some(out[0].clone())],
+        )
+        .unwrap();
+        assert_eq!(out[0].shape(), &[1, 2]);
+        assert!(run("Squeeze", 13, &[], &[iota(&[2]), i64s(&[0])]).is_err());
+        let out = run("Tile", 13, &[], &[iota(&[2]), i64s(&[2])]).unwrap();
+        assert_eq!(out[0].to_f64_vec(), vec![0.0, 1.0, 0.0, 1.0]);
+        let out = run("Expand", 13, &[], &[iota(&[2, 1]), i64s(&[2])]).unwrap();
+        assert_eq!(vals(&out[0]), (vec![2, 2], vec![0.0, 0.0, 1.0, 1.0]));
+    }
+
+    #[test]
+    fn transpose_and_reverse_sequence() {
+        let out = run("Transpose", 13, &[], &[iota(&[2, 3])]).unwrap();
+        assert_eq!(
+            vals(&out[0]),
+            (vec![3, 2], vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0])
+        );
+        assert!(
+            run(
+                "Transpose",
+                13,
+                &[("perm", Attr::Ints(vec![0, 0]))],
+                &[iota(&[2, 3])]
+            )
+            .is_err()
+        );
+        let attrs = [("batch_axis", Attr::Int(0)), ("time_axis", Attr::Int(1))];
+        let out = run(
+            "ReverseSequence",
+            10,
+            &attrs,
+            &[iota(&[2, 3]), i64s(&[2, 3])],
+        )
+        .unwrap();
+        assert_eq!(out[0].to_f64_vec(), vec![1.0, 0.0, 2.0, 5.0, 4.0, 3.0]);
+    }
+
+    #[test]
+    fn center_crop_pad_centres() {
+        let out = run("CenterCropPad", 18, &[], &[iota(&[5]), i64s(&[2])]).unwrap();
+        assert_eq!(out[0].to_f64_vec(), vec![1.0, 2.0]);
+        let out = run("CenterCropPad", 18, &[], &[iota(&[2]), i64s(&[5])]).unwrap();
+        assert_eq!(out[0].to_f64_vec(), vec![0.0, 0.0, 1.0, 0.0, 0.0]);
+    }
 }

@@ -9,7 +9,7 @@ use std::cmp::Ordering;
 
 use ndarray::{ArrayD, Axis, IxDyn};
 
-use super::movement::{Ctx, dim, int_values, norm_axis, numel, req_ints};
+use super::movement::{Ctx, dim, int_values, is_nan, norm_axis, numel, req_ints};
 use super::{EvalCtx, InferCtx, OpTable, one};
 use crate::error::{Error, Result};
 use crate::ir::{Attrs, DType, Elem, Tensor, ValueType};
@@ -73,7 +73,10 @@ fn identity_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 /// which a reference interpreter cannot reproduce; otherwise it is the
 /// identity.
 fn check_not_training(ratio: Option<&Tensor>, training: Option<&Tensor>) -> Result<()> {
-    let training = training.map(Tensor::scalar_f64).transpose()?.is_some_and(|t| t != 0.0);
+    let training = training
+        .map(Tensor::scalar_f64)
+        .transpose()?
+        .is_some_and(|t| t != 0.0);
     let ratio = ratio.map(Tensor::scalar_f64).transpose()?.unwrap_or(0.5);
     ensure!(
         (0.0..1.0).contains(&ratio),
@@ -90,7 +93,12 @@ fn check_not_training(ratio: Option<&Tensor>, training: Option<&Tensor>) -> Resu
 
 fn dropout_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     let x = c.input(0)?;
-    ensure!(x.dtype.is_float(), Invalid, "input must be a float tensor, found {}", x.dtype);
+    ensure!(
+        x.dtype.is_float(),
+        Invalid,
+        "input must be a float tensor, found {}",
+        x.dtype
+    );
     // Ratio and training_mode became inputs in opset 12; reject training as
     // soon as both are known, else evaluation does.
     let known = |i: usize| c.consts.get(i).copied().flatten();
@@ -159,14 +167,22 @@ fn constant_of_shape_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 
 fn eye_like_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     let x = c.input(0)?;
-    ensure!(x.shape.len() == 2, Invalid, "input must be 2-D, found shape {:?}", x.shape);
+    ensure!(
+        x.shape.len() == 2,
+        Invalid,
+        "input must be 2-D, found shape {:?}",
+        x.shape
+    );
     let dtype = match c.attrs.int_opt("dtype")? {
-        Some(code) => i32::try_from(code).ok().and_then(DType::from_onnx).ok_or_else(|| {
-            Error::Unsupported(format!(
-                "EyeLike to {} is not supported",
-                DType::onnx_name(code as i32)
-            ))
-        })?,
+        Some(code) => i32::try_from(code)
+            .ok()
+            .and_then(DType::from_onnx)
+            .ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "EyeLike to {} is not supported",
+                    DType::onnx_name(code as i32)
+                ))
+            })?,
         None => x.dtype,
     };
     one(ValueType::new(dtype, x.shape.clone()))
@@ -194,7 +210,11 @@ const MAX_RANGE: usize = 1 << 32;
 fn range_len(n: f64) -> Result<usize> {
     ensure!(!n.is_nan(), Invalid, "Range length is undefined");
     let n = n.max(0.0);
-    ensure!(n <= MAX_RANGE as f64, Invalid, "Range of {n} elements is too long");
+    ensure!(
+        (0.0..=MAX_RANGE as f64).contains(&n),
+        Invalid,
+        "Range of {n} elements is too long"
+    );
     Ok(n as usize)
 }
 
@@ -221,12 +241,22 @@ fn range_tensor(c: &impl Ctx) -> Result<Tensor> {
         let t = c
             .value(i, what)?
             .ok_or_else(|| Error::Invalid(format!("missing required input {i} ({what})")))?;
-        ensure!(t.len() == 1, Invalid, "'{what}' must be a scalar, found shape {:?}", t.shape());
+        ensure!(
+            t.len() == 1,
+            Invalid,
+            "'{what}' must be a scalar, found shape {:?}",
+            t.shape()
+        );
         vals.push(t);
     }
     let dtype = vals[0].dtype();
     for (t, what) in vals.iter().zip(names) {
-        ensure!(t.dtype() == dtype, Invalid, "'{what}' is {}, 'start' is {dtype}", t.dtype());
+        ensure!(
+            t.dtype() == dtype,
+            Invalid,
+            "'{what}' is {}, 'start' is {dtype}",
+            t.dtype()
+        );
     }
     if dtype.is_int() {
         let v: Vec<i128> = vals
@@ -244,8 +274,16 @@ fn range_tensor(c: &impl Ctx) -> Result<Tensor> {
             (0..n).map(|i| T::from_i128(s + i as i128 * d)).collect::<Vec<_>>(),
         ));
     }
-    ensure!(dtype.is_float(), Invalid, "Range needs numeric inputs, found {dtype}");
-    let (s, l, d) = (vals[0].scalar_f64()?, vals[1].scalar_f64()?, vals[2].scalar_f64()?);
+    ensure!(
+        dtype.is_float(),
+        Invalid,
+        "Range needs numeric inputs, found {dtype}"
+    );
+    let (s, l, d) = (
+        vals[0].scalar_f64()?,
+        vals[1].scalar_f64()?,
+        vals[2].scalar_f64()?,
+    );
     ensure!(d != 0.0, Invalid, "'delta' must not be 0");
     let n = range_len(((l - s) / d).ceil())?;
     // Opset 27 computes f16/bf16 ranges in the stash type (f32 by default).
@@ -305,11 +343,8 @@ fn nonzero_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 /// A total order for uniqueness: the natural one, with NaN after every
 /// number and equal to itself (numpy's `equal_nan`), and -0 equal to 0.
 fn cmp_elem<T: Elem>(a: &T, b: &T) -> Ordering {
-    a.partial_cmp(b).unwrap_or_else(|| {
-        #[allow(clippy::eq_op)]
-        let (a_nan, b_nan) = (a != a, b != b);
-        a_nan.cmp(&b_nan)
-    })
+    a.partial_cmp(b)
+        .unwrap_or_else(|| is_nan(*a).cmp(&is_nan(*b)))
 }
 
 fn cmp_items<T: Elem>(a: &[T], b: &[T]) -> Ordering {
@@ -356,7 +391,11 @@ fn unique(t: &Tensor, axis: Option<usize>, sorted: bool) -> Result<Vec<Tensor>> 
         let firsts: Vec<usize> = out_order.iter().map(|&g| groups[g].0).collect();
         let k = firsts.len();
         let y = match axis {
-            Some(ax) => T::wrap(a.select(Axis(ax), &firsts).as_standard_layout().into_owned()),
+            Some(ax) => T::wrap(
+                a.select(Axis(ax), &firsts)
+                    .as_standard_layout()
+                    .into_owned(),
+            ),
             None => Tensor::from_vec(&[k], firsts.iter().map(|&i| items[i][0]).collect())?,
         };
         let ints = |v: Vec<i64>| Tensor::from_vec(&[v.len()], v);
@@ -398,9 +437,88 @@ pub fn register(t: &mut OpTable) {
     t.add_known("Size", size_known);
     t.add("Identity", identity_infer, identity_eval);
     t.add("Dropout", dropout_infer, dropout_eval);
-    t.add("ConstantOfShape", constant_of_shape_infer, constant_of_shape_eval);
+    t.add(
+        "ConstantOfShape",
+        constant_of_shape_infer,
+        constant_of_shape_eval,
+    );
     t.add("EyeLike", eye_like_infer, eye_like_eval);
     t.add("Range", range_infer, range_eval);
     t.add("NonZero", nonzero_infer, nonzero_eval);
     t.add("Unique", unique_infer, unique_eval);
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ir::{Attr, Tensor};
+    use crate::ops::movement::tests::{f32s, i64s, run};
+
+    #[test]
+    fn shape_start_end() {
+        let x = f32s(&[2, 3, 4], &[0.0; 24]);
+        let attrs = [("start", Attr::Int(-2)), ("end", Attr::Int(10))];
+        assert_eq!(
+            run("Shape", 15, &attrs, std::slice::from_ref(&x)).unwrap()[0].to_f64_vec(),
+            vec![3.0, 4.0]
+        );
+        let attrs = [("start", Attr::Int(2)), ("end", Attr::Int(1))];
+        assert_eq!(run("Shape", 15, &attrs, &[x]).unwrap()[0].shape(), &[0]);
+    }
+
+    #[test]
+    fn range_lengths() {
+        let s = |v: i32| Some(Tensor::scalar(v));
+        let out = run("Range", 11, &[], &[s(10), s(4), s(-3)]).unwrap();
+        assert_eq!(out[0].to_f64_vec(), vec![10.0, 7.0]);
+        let f = |v: f32| Some(Tensor::scalar(v));
+        let out = run("Range", 11, &[], &[f(1.0), f(2.0), f(0.25)]).unwrap();
+        assert_eq!(out[0].to_f64_vec(), vec![1.0, 1.25, 1.5, 1.75]);
+        assert!(run("Range", 11, &[], &[s(0), s(1), s(0)]).is_err());
+    }
+
+    #[test]
+    fn nonzero_and_unique() {
+        let x = f32s(&[2, 2], &[0.0, 1.0, 2.0, 0.0]);
+        let out = run("NonZero", 13, &[], &[x]).unwrap();
+        assert_eq!(
+            (out[0].shape(), out[0].to_f64_vec()),
+            (&[2, 2][..], vec![0.0, 1.0, 1.0, 0.0])
+        );
+        let x = f32s(&[6], &[2.0, 1.0, 1.0, 3.0, 4.0, 3.0]);
+        let out = run("Unique", 11, &[("sorted", Attr::Int(0))], &[x]).unwrap();
+        let got: Vec<Vec<f64>> = out.iter().map(|t| t.to_f64_vec()).collect();
+        assert_eq!(got[0], vec![2.0, 1.0, 3.0, 4.0]);
+        assert_eq!(got[1], vec![0.0, 1.0, 3.0, 4.0]);
+        assert_eq!(got[2], vec![0.0, 1.0, 1.0, 2.0, 3.0, 2.0]);
+        assert_eq!(got[3], vec![1.0, 2.0, 2.0, 1.0]);
+    }
+
+    #[test]
+    fn constant_of_shape_eye_like_dropout() {
+        let out = run(
+            "ConstantOfShape",
+            9,
+            &[("value", Attr::Tensor(Tensor::scalar(3i32)))],
+            &[i64s(&[2])],
+        )
+        .unwrap();
+        assert_eq!(out[0], Tensor::from_vec(&[2], vec![3i32, 3]).unwrap());
+        let out = run(
+            "EyeLike",
+            9,
+            &[("k", Attr::Int(1))],
+            &[f32s(&[2, 3], &[0.0; 6])],
+        )
+        .unwrap();
+        assert_eq!(out[0].to_f64_vec(), vec![0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
+        let x = f32s(&[2], &[1.0, 2.0]);
+        let training = Some(Tensor::scalar(true));
+        let err = run("Dropout", 13, &[], &[x.clone(), None, training.clone()]);
+        assert!(matches!(err, Err(crate::error::Error::Unsupported(_))));
+        let zero = f32s(&[], &[0.0]);
+        assert_eq!(
+            run("Dropout", 13, &[], &[x.clone(), zero, training]).unwrap()[0],
+            x.unwrap()
+        );
+    }
 }

@@ -277,7 +277,11 @@ impl Builder<'_> {
             return Ok(());
         }
         if ops::lookup(op).is_ok() {
-            if let Some(vals) = self.g.known_values(op, opset, &attrs, &inputs).map_err(ctx)? {
+            if let Some(vals) = self
+                .g
+                .known_values(op, opset, &attrs, &inputs)
+                .map_err(ctx)?
+            {
                 for (oname, t) in outputs.iter().zip(vals) {
                     self.g.add_const(oname, t).map_err(ctx)?;
                 }
