@@ -63,7 +63,8 @@ macro_rules! bail {
 #[macro_export]
 macro_rules! ensure {
     ($cond:expr, $kind:ident, $($fmt:tt)*) => {
-        if !$cond {
+        let ok: bool = $cond;
+        if !ok {
             $crate::bail!($kind, $($fmt)*);
         }
     };

@@ -561,20 +561,26 @@ fn mean_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 fn min_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     fn go<T: Elem>(c: &EvalCtx, _: &ArrayD<T>) -> Result<Tensor> {
         // NaN propagates, as in numpy's minimum.
-        Ok(T::wrap(fold_all(
-            c,
-            |x, y| if x != x || x < y { x } else { y },
-        )?))
+        Ok(T::wrap(fold_all(c, |x: T, y: T| {
+            if x.partial_cmp(&x).is_none() || x < y {
+                x
+            } else {
+                y
+            }
+        })?))
     }
     Ok(vec![num!(c.input(0)?, a => go(c, a)?)])
 }
 
 fn max_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     fn go<T: Elem>(c: &EvalCtx, _: &ArrayD<T>) -> Result<Tensor> {
-        Ok(T::wrap(fold_all(
-            c,
-            |x, y| if x != x || x > y { x } else { y },
-        )?))
+        Ok(T::wrap(fold_all(c, |x: T, y: T| {
+            if x.partial_cmp(&x).is_none() || x > y {
+                x
+            } else {
+                y
+            }
+        })?))
     }
     Ok(vec![num!(c.input(0)?, a => go(c, a)?)])
 }

@@ -276,17 +276,18 @@ impl Builder<'_> {
             self.g.add_const(&outputs[0], t)?;
             return Ok(());
         }
-        if ops::lookup(op).is_ok() {
-            if let Some(vals) = self
+        let known = match ops::lookup(op) {
+            Ok(_) => self
                 .g
                 .known_values(op, opset, &attrs, &inputs)
-                .map_err(ctx)?
-            {
-                for (oname, t) in outputs.iter().zip(vals) {
-                    self.g.add_const(oname, t).map_err(ctx)?;
-                }
-                return Ok(());
+                .map_err(ctx)?,
+            Err(_) => None,
+        };
+        if let Some(vals) = known {
+            for (oname, t) in outputs.iter().zip(vals) {
+                self.g.add_const(oname, t).map_err(ctx)?;
             }
+            return Ok(());
         }
         let all_const = inputs
             .iter()
