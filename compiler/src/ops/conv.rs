@@ -37,7 +37,13 @@ pub(super) fn auto_pad(attrs: &Attrs) -> Result<AutoPad> {
 
 /// A per-axis attribute of `n` values >= `min` (an absent or empty list
 /// means `default` on every axis).
-pub(super) fn axis_ints(attrs: &Attrs, name: &str, n: usize, default: i64, min: i64) -> Result<Vec<i64>> {
+pub(super) fn axis_ints(
+    attrs: &Attrs,
+    name: &str,
+    n: usize,
+    default: i64,
+    min: i64,
+) -> Result<Vec<i64>> {
     let v = match attrs.ints_opt(name)? {
         None | Some([]) => return Ok(vec![default; n]),
         Some(v) => v,
@@ -101,7 +107,12 @@ impl Window {
     /// Reads strides, dilations, pads and auto_pad for an input of spatial
     /// shape `input`. `ceil_mode` (pools) rounds the output size up, but a
     /// window may not start in the end padding.
-    pub fn new(attrs: &Attrs, input: &[usize], kernel: &[usize], ceil_mode: bool) -> Result<Window> {
+    pub fn new(
+        attrs: &Attrs,
+        input: &[usize],
+        kernel: &[usize],
+        ceil_mode: bool,
+    ) -> Result<Window> {
         let n = input.len();
         ensure!(
             kernel.len() == n,
@@ -129,7 +140,11 @@ impl Window {
                 AutoPad::SameUpper | AutoPad::SameLower => {
                     let o = x.div_ceil(s);
                     let total = ((o.max(1) - 1) * s + eff).saturating_sub(x);
-                    begin[i] = if mode == AutoPad::SameUpper { total / 2 } else { total - total / 2 };
+                    begin[i] = if mode == AutoPad::SameUpper {
+                        total / 2
+                    } else {
+                        total - total / 2
+                    };
                     end[i] = total - begin[i];
                     o
                 }
@@ -143,7 +158,11 @@ impl Window {
                     if ceil_mode {
                         let o = (padded - eff).div_ceil(s) + 1;
                         // The last window must start inside the input or its begin padding.
-                        if (o - 1) * s >= x + begin[i] { o - 1 } else { o }
+                        if (o - 1) * s >= x + begin[i] {
+                            o - 1
+                        } else {
+                            o
+                        }
                     } else {
                         (padded - eff) / s + 1
                     }
@@ -190,7 +209,12 @@ fn shape_err(e: ndarray::ShapeError) -> Error {
 /// Unfolds `channels` planes of spatial shape `input` into a matrix with
 /// one row per (channel, kernel offset) and one column per output position;
 /// taps in the padding read as zero.
-fn im2col<T: Copy + Default>(x: &[T], channels: usize, input: &[usize], w: &Window) -> Result<Array2<T>> {
+fn im2col<T: Copy + Default>(
+    x: &[T],
+    channels: usize,
+    input: &[usize],
+    w: &Window,
+) -> Result<Array2<T>> {
     let nd = input.len();
     let last = nd - 1;
     let ksize: usize = w.kernel.iter().product();
@@ -207,8 +231,11 @@ fn im2col<T: Copy + Default>(x: &[T], channels: usize, input: &[usize], w: &Wind
             // Offset of this output row's tap in all but the last axis.
             let mut base = Some(0usize);
             for d in 0..last {
-                let at = (oidx[d] * w.strides[d] + kidx[d] * w.dilations[d]) as isize - w.begin[d] as isize;
-                base = base.filter(|_| at >= 0 && (at as usize) < input[d]).map(|b| b + at as usize * istr[d]);
+                let at = (oidx[d] * w.strides[d] + kidx[d] * w.dilations[d]) as isize
+                    - w.begin[d] as isize;
+                base = base
+                    .filter(|_| at >= 0 && (at as usize) < input[d])
+                    .map(|b| b + at as usize * istr[d]);
             }
             next_index(&mut oidx, &w.out[..last]);
             let Some(base) = base else { continue };
@@ -231,7 +258,13 @@ fn im2col<T: Copy + Default>(x: &[T], channels: usize, input: &[usize], w: &Wind
 
 /// Conv of `x` [N, C, ...] with `w` [M, C/group, k...]: per image and
 /// group, filters [M/group, C/group*K] times columns [C/group*K, out].
-fn conv_nd<T: Dot>(x: &ArrayD<T>, w: &ArrayD<T>, bias: Option<&ArrayD<T>>, win: &Window, group: usize) -> Result<ArrayD<T>> {
+fn conv_nd<T: Dot>(
+    x: &ArrayD<T>,
+    w: &ArrayD<T>,
+    bias: Option<&ArrayD<T>>,
+    win: &Window,
+    group: usize,
+) -> Result<ArrayD<T>> {
     let (n, c, m) = (x.shape()[0], x.shape()[1], w.shape()[0]);
     let (cg, mg) = (c / group, m / group);
     let input = &x.shape()[2..];
@@ -256,7 +289,10 @@ fn conv_nd<T: Dot>(x: &ArrayD<T>, w: &ArrayD<T>, bias: Option<&ArrayD<T>>, win: 
             let chans = &xs[start..start + cg * isize];
             let wg = w2.slice(s![g * mg..(g + 1) * mg, ..]);
             let y = if pointwise {
-                T::matmul(wg, ArrayView2::from_shape((cg, isize), chans).map_err(shape_err)?)
+                T::matmul(
+                    wg,
+                    ArrayView2::from_shape((cg, isize), chans).map_err(shape_err)?,
+                )
             } else {
                 T::matmul(wg, im2col(chans, cg, input, win)?.view())
             };
@@ -290,10 +326,14 @@ fn conv_setup(attrs: &Attrs, x: &[usize], w: &[usize]) -> Result<(Window, usize)
         x.len()
     );
     let group = attrs.int("group", 1)?;
-    ensure!(group >= 1, Invalid, "attribute 'group' must be >= 1, found {group}");
+    ensure!(
+        group >= 1,
+        Invalid,
+        "attribute 'group' must be >= 1, found {group}"
+    );
     let group = group as usize;
     ensure!(
-        x[1] == w[1] * group && w[0] % group == 0,
+        x[1] == w[1] * group && w[0].is_multiple_of(group),
         Invalid,
         "X has {} channels and W shape {w:?}: need C = W[1] * group ({group}) and W[0] divisible by group",
         x[1]
@@ -316,7 +356,12 @@ fn check_kernel_attr(attrs: &Attrs, kernel: &[usize]) -> Result<()> {
 fn check_bias(c: &InferCtx, i: usize, dtype: DType, m: usize) -> Result<()> {
     if c.has(i) {
         let b = c.input(i)?;
-        ensure!(b.dtype == dtype, Invalid, "bias dtype {} differs from X dtype {dtype}", b.dtype);
+        ensure!(
+            b.dtype == dtype,
+            Invalid,
+            "bias dtype {} differs from X dtype {dtype}",
+            b.dtype
+        );
         ensure!(
             b.shape.len() == 1 && b.shape[0] == m,
             Invalid,
@@ -329,8 +374,19 @@ fn check_bias(c: &InferCtx, i: usize, dtype: DType, m: usize) -> Result<()> {
 
 fn conv_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     let (x, w) = (c.input(0)?, c.input(1)?);
-    ensure!(x.dtype.is_float(), Invalid, "X must be a float tensor, found {}", x.dtype);
-    ensure!(w.dtype == x.dtype, Invalid, "W dtype {} differs from X dtype {}", w.dtype, x.dtype);
+    ensure!(
+        x.dtype.is_float(),
+        Invalid,
+        "X must be a float tensor, found {}",
+        x.dtype
+    );
+    ensure!(
+        w.dtype == x.dtype,
+        Invalid,
+        "W dtype {} differs from X dtype {}",
+        w.dtype,
+        x.dtype
+    );
     let (win, _) = conv_setup(c.attrs, &x.shape, &w.shape)?;
     check_bias(c, 2, x.dtype, w.shape[0])?;
     let mut shape = vec![x.shape[0], w.shape[0]];
@@ -388,7 +444,10 @@ fn conv_integer_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
 fn widen(t: &Tensor) -> Result<ArrayD<i32>> {
     match t.cast(DType::I32) {
         Tensor::I32(a) => Ok(a),
-        o => Err(Error::Internal(format!("cast to i32 produced {}", o.dtype()))),
+        o => Err(Error::Internal(format!(
+            "cast to i32 produced {}",
+            o.dtype()
+        ))),
     }
 }
 
@@ -396,7 +455,12 @@ fn conv_integer_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     let mut x = widen(c.input(0)?)?;
     let mut w = widen(c.input(1)?)?;
     if let Some(z) = c.opt(2) {
-        ensure!(z.len() == 1, Invalid, "x_zero_point must be a scalar, found shape {:?}", z.shape());
+        ensure!(
+            z.len() == 1,
+            Invalid,
+            "x_zero_point must be a scalar, found shape {:?}",
+            z.shape()
+        );
         let z = widen(z)?.iter().copied().next().unwrap_or(0);
         x.mapv_inplace(|v| v - z);
     }
@@ -443,12 +507,22 @@ fn transposed_setup(attrs: &Attrs, x: &[usize], w: &[usize]) -> Result<Transpose
         Invalid,
         "X must have rank >= 3 (N, C, spatial...), found shape {x:?}"
     );
-    ensure!(w.len() == x.len(), Invalid, "W has rank {}, X has rank {}", w.len(), x.len());
+    ensure!(
+        w.len() == x.len(),
+        Invalid,
+        "W has rank {}, X has rank {}",
+        w.len(),
+        x.len()
+    );
     let group = attrs.int("group", 1)?;
-    ensure!(group >= 1, Invalid, "attribute 'group' must be >= 1, found {group}");
+    ensure!(
+        group >= 1,
+        Invalid,
+        "attribute 'group' must be >= 1, found {group}"
+    );
     let group = group as usize;
     ensure!(
-        w[0] == x[1] && x[1] % group == 0,
+        w[0] == x[1] && x[1].is_multiple_of(group),
         Invalid,
         "W shape {w:?} must start with X's {} channels, divisible by group {group}",
         x[1]
@@ -467,10 +541,18 @@ fn transposed_setup(attrs: &Attrs, x: &[usize], w: &[usize]) -> Result<Transpose
         None | Some([]) => None,
         Some(v) if v.len() == n || v.len() == n + 2 => {
             let v = &v[v.len() - n..];
-            ensure!(v.iter().all(|&d| d >= 1), Invalid, "attribute 'output_shape' {v:?} must be positive");
+            ensure!(
+                v.iter().all(|&d| d >= 1),
+                Invalid,
+                "attribute 'output_shape' {v:?} must be positive"
+            );
             Some(v.to_vec())
         }
-        Some(v) => bail!(Invalid, "attribute 'output_shape' has {} values, expected {n}", v.len()),
+        Some(v) => bail!(
+            Invalid,
+            "attribute 'output_shape' has {} values, expected {n}",
+            v.len()
+        ),
     };
     let full = |i: usize| -> i64 {
         (strides[i] * (input[i].max(1) - 1)) as i64
@@ -483,7 +565,9 @@ fn transposed_setup(attrs: &Attrs, x: &[usize], w: &[usize]) -> Result<Transpose
     for i in 0..n {
         match mode {
             AutoPad::SameUpper | AutoPad::SameLower => {
-                let o = requested.as_ref().map_or((input[i] * strides[i]) as i64, |r| r[i]);
+                let o = requested
+                    .as_ref()
+                    .map_or((input[i] * strides[i]) as i64, |r| r[i]);
                 let total = full(i) - o;
                 begin[i] = if mode == AutoPad::SameUpper {
                     total.div_euclid(2)
@@ -503,7 +587,11 @@ fn transposed_setup(attrs: &Attrs, x: &[usize], w: &[usize]) -> Result<Transpose
                     Some(r) => r[i],
                     None => full(i) - (b[i] + e[i]) as i64,
                 };
-                ensure!(o >= 1, Invalid, "spatial axis {i}: output size {o} is not positive");
+                ensure!(
+                    o >= 1,
+                    Invalid,
+                    "spatial axis {i}: output size {o} is not positive"
+                );
                 out[i] = o as usize;
             }
         }
@@ -520,7 +608,13 @@ fn transposed_setup(attrs: &Attrs, x: &[usize], w: &[usize]) -> Result<Transpose
 
 /// Adds column rows [(m, kernel offset)][input position] into the output
 /// planes `out` (`channels` planes of shape `t.out`).
-fn col2im<T: Dot>(cols: &Array2<T>, channels: usize, input: &[usize], t: &Transposed, out: &mut [T]) {
+fn col2im<T: Dot>(
+    cols: &Array2<T>,
+    channels: usize,
+    input: &[usize],
+    t: &Transposed,
+    out: &mut [T],
+) {
     let nd = input.len();
     let ksize: usize = t.kernel.iter().product();
     let osize: usize = t.out.iter().product();
@@ -532,7 +626,9 @@ fn col2im<T: Dot>(cols: &Array2<T>, channels: usize, input: &[usize], t: &Transp
             let mut at = Some(0usize);
             for d in 0..nd {
                 let o = (iidx[d] * t.strides[d] + kidx[d] * t.dilations[d]) as i64 - t.begin[d];
-                at = at.filter(|_| o >= 0 && (o as usize) < t.out[d]).map(|a| a + o as usize * ostr[d]);
+                at = at
+                    .filter(|_| o >= 0 && (o as usize) < t.out[d])
+                    .map(|a| a + o as usize * ostr[d]);
             }
             next_index(&mut iidx, input);
             let Some(at) = at else { continue };
@@ -546,7 +642,12 @@ fn col2im<T: Dot>(cols: &Array2<T>, channels: usize, input: &[usize], t: &Transp
     }
 }
 
-fn conv_transpose_nd<T: Dot>(x: &ArrayD<T>, w: &ArrayD<T>, bias: Option<&ArrayD<T>>, t: &Transposed) -> Result<ArrayD<T>> {
+fn conv_transpose_nd<T: Dot>(
+    x: &ArrayD<T>,
+    w: &ArrayD<T>,
+    bias: Option<&ArrayD<T>>,
+    t: &Transposed,
+) -> Result<ArrayD<T>> {
     let (n, c, mg) = (x.shape()[0], x.shape()[1], w.shape()[1]);
     let (group, cg) = (t.group, c / t.group);
     let m = mg * group;
@@ -567,7 +668,8 @@ fn conv_transpose_nd<T: Dot>(x: &ArrayD<T>, w: &ArrayD<T>, bias: Option<&ArrayD<
     for b in 0..n {
         for g in 0..group {
             let start = (b * c + g * cg) * isize;
-            let xg = ArrayView2::from_shape((cg, isize), &xs[start..start + cg * isize]).map_err(shape_err)?;
+            let xg = ArrayView2::from_shape((cg, isize), &xs[start..start + cg * isize])
+                .map_err(shape_err)?;
             let wg = w2.slice(s![g * cg..(g + 1) * cg, ..]);
             let cols = T::matmul(wg.t(), xg);
             let o = (b * m + g * mg) * osize;
@@ -587,8 +689,19 @@ fn conv_transpose_nd<T: Dot>(x: &ArrayD<T>, w: &ArrayD<T>, bias: Option<&ArrayD<
 
 fn conv_transpose_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     let (x, w) = (c.input(0)?, c.input(1)?);
-    ensure!(x.dtype.is_float(), Invalid, "X must be a float tensor, found {}", x.dtype);
-    ensure!(w.dtype == x.dtype, Invalid, "W dtype {} differs from X dtype {}", w.dtype, x.dtype);
+    ensure!(
+        x.dtype.is_float(),
+        Invalid,
+        "X must be a float tensor, found {}",
+        x.dtype
+    );
+    ensure!(
+        w.dtype == x.dtype,
+        Invalid,
+        "W dtype {} differs from X dtype {}",
+        w.dtype,
+        x.dtype
+    );
     let t = transposed_setup(c.attrs, &x.shape, &w.shape)?;
     let m = w.shape[1] * t.group;
     check_bias(c, 2, x.dtype, m)?;
@@ -639,9 +752,18 @@ mod tests {
 
     #[test]
     fn window_shapes() {
-        let w = Window::new(&attrs(&[("strides", Attr::Ints(vec![2, 2]))]), &[5, 5], &[3, 3], false).unwrap();
+        let w = Window::new(
+            &attrs(&[("strides", Attr::Ints(vec![2, 2]))]),
+            &[5, 5],
+            &[3, 3],
+            false,
+        )
+        .unwrap();
         assert_eq!(w.out, vec![2, 2]);
-        let a = attrs(&[("auto_pad", Attr::String("SAME_LOWER".into())), ("strides", Attr::Ints(vec![2]))]);
+        let a = attrs(&[
+            ("auto_pad", Attr::String("SAME_LOWER".into())),
+            ("strides", Attr::Ints(vec![2])),
+        ]);
         let w = Window::new(&a, &[4], &[3], false).unwrap();
         assert_eq!((w.out[0], w.begin[0], w.end[0]), (2, 1, 0));
         let a = attrs(&[("auto_pad", Attr::String("SAME_UPPER".into()))]);
@@ -650,7 +772,10 @@ mod tests {
         // ceil_mode: 4 with k3 s2 -> 2 windows; 2 + pads 1,1 with k3 s3 -> 1.
         let a = attrs(&[("strides", Attr::Ints(vec![2]))]);
         assert_eq!(Window::new(&a, &[4], &[3], true).unwrap().out, vec![2]);
-        let a = attrs(&[("strides", Attr::Ints(vec![3])), ("pads", Attr::Ints(vec![1, 1]))]);
+        let a = attrs(&[
+            ("strides", Attr::Ints(vec![3])),
+            ("pads", Attr::Ints(vec![1, 1])),
+        ]);
         assert_eq!(Window::new(&a, &[2], &[3], true).unwrap().out, vec![1]);
         assert!(Window::new(&Attrs::default(), &[2], &[3], false).is_err());
     }
@@ -663,7 +788,13 @@ mod tests {
         let a = attrs(&[("pads", Attr::Ints(vec![1, 1, 1, 1]))]);
         let (win, g) = conv_setup(&a, x.shape(), w.shape()).unwrap();
         let y = conv_nd(&x, &w, None, &win, g).unwrap();
-        assert_eq!(y, arr(&[1, 1, 3, 3], vec![8., 15., 12., 21., 36., 27., 20., 33., 24.]));
+        assert_eq!(
+            y,
+            arr(
+                &[1, 1, 3, 3],
+                vec![8., 15., 12., 21., 36., 27., 20., 33., 24.]
+            )
+        );
         // Two groups of one channel each with per-group scale and bias.
         let x = arr(&[1, 2, 2], vec![1., 2., 3., 4.]);
         let w = arr(&[2, 1, 1], vec![10., 100.]);
@@ -675,9 +806,15 @@ mod tests {
         // Dilation 2 and stride 2 in 1-D.
         let x = arr(&[1, 1, 7], (0..7).map(|v| v as f32).collect());
         let w = arr(&[1, 1, 2], vec![1., 1.]);
-        let a = attrs(&[("dilations", Attr::Ints(vec![2])), ("strides", Attr::Ints(vec![2]))]);
+        let a = attrs(&[
+            ("dilations", Attr::Ints(vec![2])),
+            ("strides", Attr::Ints(vec![2])),
+        ]);
         let (win, g) = conv_setup(&a, x.shape(), w.shape()).unwrap();
-        assert_eq!(conv_nd(&x, &w, None, &win, g).unwrap(), arr(&[1, 1, 3], vec![2., 6., 10.]));
+        assert_eq!(
+            conv_nd(&x, &w, None, &win, g).unwrap(),
+            arr(&[1, 1, 3], vec![2., 6., 10.])
+        );
     }
 
     #[test]
@@ -686,14 +823,23 @@ mod tests {
         let x = arr(&[1, 1, 3], vec![0., 1., 2.]);
         let w = arr(&[1, 1, 3], vec![1., 1., 1.]);
         let t = transposed_setup(&Attrs::default(), x.shape(), w.shape()).unwrap();
-        assert_eq!(conv_transpose_nd(&x, &w, None, &t).unwrap(), arr(&[1, 1, 5], vec![0., 1., 3., 3., 2.]));
+        assert_eq!(
+            conv_transpose_nd(&x, &w, None, &t).unwrap(),
+            arr(&[1, 1, 5], vec![0., 1., 3., 3., 2.])
+        );
         // Stride 2 with output_shape 8: the extra position is zero.
-        let a = attrs(&[("strides", Attr::Ints(vec![2])), ("output_shape", Attr::Ints(vec![8]))]);
+        let a = attrs(&[
+            ("strides", Attr::Ints(vec![2])),
+            ("output_shape", Attr::Ints(vec![8])),
+        ]);
         let t = transposed_setup(&a, x.shape(), w.shape()).unwrap();
         let y = conv_transpose_nd(&x, &w, None, &t).unwrap();
         assert_eq!(y, arr(&[1, 1, 8], vec![0., 0., 1., 1., 3., 2., 2., 0.]));
         // SAME_UPPER, stride 2: 6 outputs, the crop is at the end.
-        let a = attrs(&[("strides", Attr::Ints(vec![2])), ("auto_pad", Attr::String("SAME_UPPER".into()))]);
+        let a = attrs(&[
+            ("strides", Attr::Ints(vec![2])),
+            ("auto_pad", Attr::String("SAME_UPPER".into())),
+        ]);
         let t = transposed_setup(&a, x.shape(), w.shape()).unwrap();
         let y = conv_transpose_nd(&x, &w, None, &t).unwrap();
         assert_eq!(y, arr(&[1, 1, 6], vec![0., 0., 1., 1., 3., 2.]));

@@ -81,7 +81,9 @@ macro_rules! num {
 }
 
 fn bad_dtype<T>(d: DType) -> Result<T> {
-    Err(Error::Invalid(format!("dtype {d} is not supported by this op")))
+    Err(Error::Invalid(format!(
+        "dtype {d} is not supported by this op"
+    )))
 }
 
 fn shape_err(e: ndarray::ShapeError) -> Error {
@@ -100,7 +102,11 @@ fn same_dtype(what: &str, a: &ValueType, b: &ValueType) -> Result<()> {
 }
 
 fn numeric(t: &ValueType) -> Result<()> {
-    ensure!(t.dtype != DType::Bool, Invalid, "input must be numeric, found bool");
+    ensure!(
+        t.dtype != DType::Bool,
+        Invalid,
+        "input must be numeric, found bool"
+    );
     Ok(())
 }
 
@@ -110,7 +116,11 @@ fn numeric(t: &ValueType) -> Result<()> {
 /// rank >= 2) with numpy broadcasting of the batch dimensions.
 pub(super) fn batched<T: Dot>(a: ArrayViewD<T>, b: ArrayViewD<T>) -> Result<ArrayD<T>> {
     let (ra, rb) = (a.ndim(), b.ndim());
-    ensure!(ra >= 2 && rb >= 2, Internal, "batched matmul needs rank >= 2 operands");
+    ensure!(
+        ra >= 2 && rb >= 2,
+        Internal,
+        "batched matmul needs rank >= 2 operands"
+    );
     let (m, k) = (a.shape()[ra - 2], a.shape()[ra - 1]);
     let (kb, n) = (b.shape()[rb - 2], b.shape()[rb - 1]);
     ensure!(
@@ -140,7 +150,10 @@ pub(super) fn batched<T: Dot>(a: ArrayViewD<T>, b: ArrayViewD<T>) -> Result<Arra
         let mut full = batch.clone();
         full.extend([r, c]);
         let v = x.broadcast(IxDyn(&full)).ok_or_else(|| {
-            Error::Invalid(format!("shape {:?} does not broadcast to {full:?}", x.shape()))
+            Error::Invalid(format!(
+                "shape {:?} does not broadcast to {full:?}",
+                x.shape()
+            ))
         })?;
         v.as_standard_layout()
             .into_owned()
@@ -167,8 +180,16 @@ fn matmul_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
         Invalid,
         "MatMul operands must have rank >= 1, found {a:?} and {b:?}"
     );
-    let a2 = if a.len() == 1 { vec![1, a[0]] } else { a.to_vec() };
-    let b2 = if b.len() == 1 { vec![b[0], 1] } else { b.to_vec() };
+    let a2 = if a.len() == 1 {
+        vec![1, a[0]]
+    } else {
+        a.to_vec()
+    };
+    let b2 = if b.len() == 1 {
+        vec![b[0], 1]
+    } else {
+        b.to_vec()
+    };
     let (ra, rb) = (a2.len(), b2.len());
     ensure!(
         a2[ra - 1] == b2[rb - 2],
@@ -186,8 +207,16 @@ fn matmul_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
 }
 
 fn matmul_arrays<T: Dot>(a: &ArrayD<T>, b: &ArrayD<T>, out: &[usize]) -> Result<ArrayD<T>> {
-    let av = if a.ndim() == 1 { a.view().insert_axis(Axis(0)) } else { a.view() };
-    let bv = if b.ndim() == 1 { b.view().insert_axis(Axis(1)) } else { b.view() };
+    let av = if a.ndim() == 1 {
+        a.view().insert_axis(Axis(0))
+    } else {
+        a.view()
+    };
+    let bv = if b.ndim() == 1 {
+        b.view().insert_axis(Axis(1))
+    } else {
+        b.view()
+    };
     batched(av, bv)?
         .into_shape_with_order(IxDyn(out))
         .map_err(shape_err)
@@ -225,13 +254,19 @@ fn matmul_integer_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
             same_dtype(&format!("zero point {i}"), of, c.input(i)?)?;
         }
     }
-    one(ValueType::new(DType::I32, matmul_shape(&a.shape, &b.shape)?))
+    one(ValueType::new(
+        DType::I32,
+        matmul_shape(&a.shape, &b.shape)?,
+    ))
 }
 
 fn widen(t: &Tensor) -> Result<ArrayD<i32>> {
     match t.cast(DType::I32) {
         Tensor::I32(a) => Ok(a),
-        o => Err(Error::Internal(format!("cast to i32 produced {}", o.dtype()))),
+        o => Err(Error::Internal(format!(
+            "cast to i32 produced {}",
+            o.dtype()
+        ))),
     }
 }
 
@@ -245,7 +280,9 @@ fn sub_zero_point(x: &mut ArrayD<i32>, zp: Option<&Tensor>, rows: bool) -> Resul
         z = z.insert_axis(Axis(1));
     }
     let zv = broadcast::view(&z, x.shape())?;
-    Zip::from(x).and(&zv).for_each(|v, &z| *v = v.wrapping_sub(z));
+    Zip::from(x)
+        .and(&zv)
+        .for_each(|v, &z| *v = v.wrapping_sub(z));
     Ok(())
 }
 
@@ -254,7 +291,11 @@ fn matmul_integer_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     let mut b = widen(c.input(1)?)?;
     sub_zero_point(&mut a, c.opt(2), true)?;
     sub_zero_point(&mut b, c.opt(3), false)?;
-    Ok(vec![Tensor::I32(matmul_arrays(&a, &b, &c.outputs[0].shape)?)])
+    Ok(vec![Tensor::I32(matmul_arrays(
+        &a,
+        &b,
+        &c.outputs[0].shape,
+    )?)])
 }
 
 // -------------------------------------------------------------------- Gemm
@@ -272,8 +313,16 @@ fn gemm_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     );
     let ta = c.attrs.int("transA", 0)? != 0;
     let tb = c.attrs.int("transB", 0)? != 0;
-    let (m, k) = if ta { (a.shape[1], a.shape[0]) } else { (a.shape[0], a.shape[1]) };
-    let (kb, n) = if tb { (b.shape[1], b.shape[0]) } else { (b.shape[0], b.shape[1]) };
+    let (m, k) = if ta {
+        (a.shape[1], a.shape[0])
+    } else {
+        (a.shape[0], a.shape[1])
+    };
+    let (kb, n) = if tb {
+        (b.shape[1], b.shape[0])
+    } else {
+        (b.shape[0], b.shape[1])
+    };
     ensure!(
         k == kb,
         Invalid,
@@ -288,7 +337,12 @@ fn gemm_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
         } else {
             broadcast::shape(&[&cc.shape, &[m, n]]).is_ok_and(|s| s == [m, n])
         };
-        ensure!(ok, Invalid, "C of shape {:?} does not broadcast to [{m}, {n}]", cc.shape);
+        ensure!(
+            ok,
+            Invalid,
+            "C of shape {:?} does not broadcast to [{m}, {n}]",
+            cc.shape
+        );
     }
     one(ValueType::new(a.dtype, [m, n]))
 }
@@ -358,7 +412,10 @@ fn tokens(term: &str) -> Result<Vec<Tok>> {
             out.push(Tok::Label(ch as u32));
             rest = &rest[1..];
         } else {
-            bail!(Invalid, "equation term {term:?} has an invalid character {ch:?}");
+            bail!(
+                Invalid,
+                "equation term {term:?} has an invalid character {ch:?}"
+            );
         }
     }
     Ok(out)
@@ -516,7 +573,10 @@ fn diagonal<T: Elem>(a: ArrayViewD<T>, labels: &[u32]) -> Result<Term<T>> {
         let src: Vec<usize> = pos.iter().map(|&p| idx[p]).collect();
         a[IxDyn(&src)]
     });
-    Ok(Term { a: out, labels: uniq })
+    Ok(Term {
+        a: out,
+        labels: uniq,
+    })
 }
 
 /// Sums away the axes whose label satisfies `drop`.
@@ -532,14 +592,22 @@ fn sum_out<T: Arith>(mut t: Term<T>, drop: impl Fn(u32) -> bool) -> Term<T> {
 
 /// Brings `t`'s axes into `order`, broadcast to `shape`, as a 3-D stack of
 /// matrices [batch, rows, cols].
-fn as_stack<T: Elem>(t: &Term<T>, order: &[u32], shape: &[usize], dims: [usize; 3]) -> Result<Array3<T>> {
+fn as_stack<T: Elem>(
+    t: &Term<T>,
+    order: &[u32],
+    shape: &[usize],
+    dims: [usize; 3],
+) -> Result<Array3<T>> {
     let perm: Vec<usize> = order
         .iter()
         .map(|l| t.labels.iter().position(|x| x == l).unwrap_or(0))
         .collect();
     let v = t.a.view().permuted_axes(IxDyn(&perm));
     let v = v.broadcast(IxDyn(shape)).ok_or_else(|| {
-        Error::Invalid(format!("einsum operand {:?} does not broadcast to {shape:?}", v.shape()))
+        Error::Invalid(format!(
+            "einsum operand {:?} does not broadcast to {shape:?}",
+            v.shape()
+        ))
     })?;
     v.as_standard_layout()
         .into_owned()
@@ -549,22 +617,57 @@ fn as_stack<T: Elem>(t: &Term<T>, order: &[u32], shape: &[usize], dims: [usize; 
 
 /// Contracts two operands: labels both share and `keep` needs become batch
 /// axes, shared labels nobody needs are summed by one batched GEMM.
-fn contract<T: Dot>(a: Term<T>, b: Term<T>, keep: &BTreeSet<u32>, sizes: &BTreeMap<u32, usize>) -> Result<Term<T>> {
+fn contract<T: Dot>(
+    a: Term<T>,
+    b: Term<T>,
+    keep: &BTreeSet<u32>,
+    sizes: &BTreeMap<u32, usize>,
+) -> Result<Term<T>> {
     let in_b = |l: &u32| b.labels.contains(l);
-    let batch: Vec<u32> = a.labels.iter().copied().filter(|l| in_b(l) && keep.contains(l)).collect();
-    let summed: Vec<u32> = a.labels.iter().copied().filter(|l| in_b(l) && !keep.contains(l)).collect();
+    let batch: Vec<u32> = a
+        .labels
+        .iter()
+        .copied()
+        .filter(|l| in_b(l) && keep.contains(l))
+        .collect();
+    let summed: Vec<u32> = a
+        .labels
+        .iter()
+        .copied()
+        .filter(|l| in_b(l) && !keep.contains(l))
+        .collect();
     let a_only: Vec<u32> = a.labels.iter().copied().filter(|l| !in_b(l)).collect();
-    let b_only: Vec<u32> = b.labels.iter().copied().filter(|l| !a.labels.contains(l)).collect();
+    let b_only: Vec<u32> = b
+        .labels
+        .iter()
+        .copied()
+        .filter(|l| !a.labels.contains(l))
+        .collect();
     let size = |l: &u32| sizes.get(l).copied().unwrap_or(1);
-    let own = |t: &Term<T>, l: &u32| t.labels.iter().position(|x| x == l).map_or(1, |i| t.a.shape()[i]);
+    let own = |t: &Term<T>, l: &u32| {
+        t.labels
+            .iter()
+            .position(|x| x == l)
+            .map_or(1, |i| t.a.shape()[i])
+    };
     let bs: Vec<usize> = batch.iter().map(size).collect();
     let ks: Vec<usize> = summed.iter().map(size).collect();
     let ms: Vec<usize> = a_only.iter().map(|l| own(&a, l)).collect();
     let ns: Vec<usize> = b_only.iter().map(|l| own(&b, l)).collect();
     let p = |v: &[usize]| v.iter().product::<usize>();
     let (nb, m, k, n) = (p(&bs), p(&ms), p(&ks), p(&ns));
-    let a3 = as_stack(&a, &[&batch[..], &a_only, &summed].concat(), &[&bs[..], &ms, &ks].concat(), [nb, m, k])?;
-    let b3 = as_stack(&b, &[&batch[..], &summed, &b_only].concat(), &[&bs[..], &ks, &ns].concat(), [nb, k, n])?;
+    let a3 = as_stack(
+        &a,
+        &[&batch[..], &a_only, &summed].concat(),
+        &[&bs[..], &ms, &ks].concat(),
+        [nb, m, k],
+    )?;
+    let b3 = as_stack(
+        &b,
+        &[&batch[..], &summed, &b_only].concat(),
+        &[&bs[..], &ks, &ns].concat(),
+        [nb, k, n],
+    )?;
     let mut out = Array3::from_elem((nb, m, n), T::default());
     for i in 0..nb {
         let r = T::matmul(a3.index_axis(Axis(0), i), b3.index_axis(Axis(0), i));
@@ -572,7 +675,9 @@ fn contract<T: Dot>(a: Term<T>, b: Term<T>, keep: &BTreeSet<u32>, sizes: &BTreeM
     }
     let shape = [&bs[..], &ms, &ns].concat();
     Ok(Term {
-        a: out.into_shape_with_order(IxDyn(&shape)).map_err(shape_err)?,
+        a: out
+            .into_shape_with_order(IxDyn(&shape))
+            .map_err(shape_err)?,
         labels: [batch, a_only, b_only].concat(),
     })
 }
@@ -611,7 +716,10 @@ fn einsum<T: Dot>(eq: &Equation, arrays: &[&ArrayD<T>], out_shape: &[usize]) -> 
         .collect();
     let v = cur.a.view().permuted_axes(IxDyn(&perm));
     let v = v.broadcast(IxDyn(out_shape)).ok_or_else(|| {
-        Error::Internal(format!("einsum result {:?} is not {out_shape:?}", v.shape()))
+        Error::Internal(format!(
+            "einsum result {:?} is not {out_shape:?}",
+            v.shape()
+        ))
     })?;
     Ok(v.as_standard_layout().into_owned())
 }
@@ -624,7 +732,9 @@ fn einsum_parse(c_attrs: &crate::ir::Attrs, shapes: &[&[usize]]) -> Result<Equat
 }
 
 fn einsum_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
-    let tys: Vec<&ValueType> = (0..c.num_inputs()).map(|i| c.input(i)).collect::<Result<_>>()?;
+    let tys: Vec<&ValueType> = (0..c.num_inputs())
+        .map(|i| c.input(i))
+        .collect::<Result<_>>()?;
     let first = tys
         .first()
         .ok_or_else(|| Error::Invalid("Einsum needs at least one input".into()))?;
@@ -654,7 +764,12 @@ fn einsum_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 
 fn det_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     let x = c.input(0)?;
-    ensure!(x.dtype.is_float(), Invalid, "input must be a float tensor, found {}", x.dtype);
+    ensure!(
+        x.dtype.is_float(),
+        Invalid,
+        "input must be a float tensor, found {}",
+        x.dtype
+    );
     let r = x.shape.len();
     ensure!(
         r >= 2 && x.shape[r - 1] == x.shape[r - 2],
@@ -702,7 +817,11 @@ fn det_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     } else {
         vals.chunks(n * n).map(|m| det(m.to_vec(), n)).collect()
     };
-    Ok(vec![Tensor::from_f64s(x.dtype(), &c.outputs[0].shape, &dets)?])
+    Ok(vec![Tensor::from_f64s(
+        x.dtype(),
+        &c.outputs[0].shape,
+        &dets,
+    )?])
 }
 
 pub fn register(t: &mut OpTable) {
@@ -721,26 +840,34 @@ mod tests {
         ArrayD::from_shape_vec(IxDyn(shape), v).unwrap()
     }
 
-    fn run_einsum(eq: &str, ins: &[ArrayD<f64>]) -> ArrayD<f64> {
+    fn run_einsum(eq: &str, ins: &[&ArrayD<f64>]) -> ArrayD<f64> {
         let shapes: Vec<&[usize]> = ins.iter().map(|a| a.shape()).collect();
         let e = parse_equation(eq, &shapes).unwrap();
         let shape: Vec<usize> = e.output.iter().map(|l| e.sizes[l]).collect();
-        let refs: Vec<&ArrayD<f64>> = ins.iter().collect();
-        einsum(&e, &refs, &shape).unwrap()
+        einsum(&e, ins, &shape).unwrap()
     }
 
     #[test]
     fn matmul_promotes_vectors_and_broadcasts() {
         assert_eq!(matmul_shape(&[3], &[3]).unwrap(), Vec::<usize>::new());
-        assert_eq!(matmul_shape(&[2, 1, 4, 3], &[5, 3, 2]).unwrap(), vec![2, 5, 4, 2]);
+        assert_eq!(
+            matmul_shape(&[2, 1, 4, 3], &[5, 3, 2]).unwrap(),
+            vec![2, 5, 4, 2]
+        );
         assert_eq!(matmul_shape(&[4], &[2, 4, 3]).unwrap(), vec![2, 3]);
         assert!(matmul_shape(&[2, 3], &[2, 3]).is_err());
         let a = arr(&[2, 2], vec![1i64, 2, 3, 4]);
         let b = arr(&[2], vec![5i64, 6]);
-        assert_eq!(matmul_arrays(&a, &b, &[2]).unwrap(), arr(&[2], vec![17, 39]));
+        assert_eq!(
+            matmul_arrays(&a, &b, &[2]).unwrap(),
+            arr(&[2], vec![17, 39])
+        );
         let a3 = arr(&[2, 1, 2], vec![1.0f32, 2.0, 3.0, 4.0]);
         let b3 = arr(&[2, 1], vec![1.0f32, 1.0]);
-        assert_eq!(matmul_arrays(&a3, &b3, &[2, 1, 1]).unwrap(), arr(&[2, 1, 1], vec![3.0, 7.0]));
+        assert_eq!(
+            matmul_arrays(&a3, &b3, &[2, 1, 1]).unwrap(),
+            arr(&[2, 1, 1], vec![3.0, 7.0])
+        );
     }
 
     #[test]
@@ -753,21 +880,40 @@ mod tests {
     #[test]
     fn einsum_forms() {
         let m = arr(&[2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        assert_eq!(run_einsum("ij->ji", &[m.clone()]), m.t().to_owned());
-        assert_eq!(run_einsum("ij", &[m.clone()]), m);
-        assert_eq!(run_einsum("ji", &[m.clone()]), m.t().to_owned());
-        assert_eq!(run_einsum("ij->", &[m.clone()]), arr(&[], vec![21.0]));
-        assert_eq!(run_einsum("ij->i", &[m.clone()]), arr(&[2], vec![6.0, 15.0]));
+        assert_eq!(run_einsum("ij->ji", &[&m]), m.t().to_owned());
+        assert_eq!(run_einsum("ij", &[&m]), m);
+        assert_eq!(run_einsum("ji", &[&m]), m.t().to_owned());
+        assert_eq!(run_einsum("ij->", &[&m]), arr(&[], vec![21.0]));
+        assert_eq!(run_einsum("ij->i", &[&m]), arr(&[2], vec![6.0, 15.0]));
         let sq = arr(&[2, 2], vec![1.0, 2.0, 3.0, 4.0]);
-        assert_eq!(run_einsum("ii", &[sq.clone()]), arr(&[], vec![5.0]));
-        assert_eq!(run_einsum("ii->i", &[sq.clone()]), arr(&[2], vec![1.0, 4.0]));
-        assert_eq!(run_einsum("ij,jk", &[m.clone(), m.t().to_owned()]), arr(&[2, 2], vec![14.0, 32.0, 32.0, 77.0]));
+        assert_eq!(run_einsum("ii", &[&sq]), arr(&[], vec![5.0]));
+        assert_eq!(run_einsum("ii->i", &[&sq]), arr(&[2], vec![1.0, 4.0]));
+        assert_eq!(
+            run_einsum("ij,jk", &[&m, &m.t().to_owned()]),
+            arr(&[2, 2], vec![14.0, 32.0, 32.0, 77.0])
+        );
         let v = arr(&[3], vec![1.0, 1.0, 2.0]);
-        assert_eq!(run_einsum("i,i", &[v.clone(), v.clone()]), arr(&[], vec![6.0]));
-        assert_eq!(run_einsum("i,j->ij", &[v.clone(), arr(&[1], vec![2.0])]), arr(&[3, 1], vec![2.0, 2.0, 4.0]));
-        assert_eq!(run_einsum("...j,j->...", &[m.clone(), v.clone()]), arr(&[2], vec![9.0, 21.0]));
-        assert_eq!(run_einsum("bij,bjk->bik", &[m.clone().into_shape_with_order(IxDyn(&[1, 2, 3])).unwrap(), m.t().to_owned().insert_axis(Axis(0))]).shape(), &[1, 2, 2]);
-        assert_eq!(run_einsum("i,i,i->", &[v.clone(), v.clone(), v.clone()]), arr(&[], vec![10.0]));
+        assert_eq!(run_einsum("i,i", &[&v, &v]), arr(&[], vec![6.0]));
+        assert_eq!(
+            run_einsum("i,j->ij", &[&v, &arr(&[1], vec![2.0])]),
+            arr(&[3, 1], vec![2.0, 2.0, 4.0])
+        );
+        assert_eq!(
+            run_einsum("...j,j->...", &[&m, &v]),
+            arr(&[2], vec![9.0, 21.0])
+        );
+        assert_eq!(
+            run_einsum(
+                "bij,bjk->bik",
+                &[
+                    &m.clone().into_shape_with_order(IxDyn(&[1, 2, 3])).unwrap(),
+                    &m.t().to_owned().insert_axis(Axis(0))
+                ]
+            )
+            .shape(),
+            &[1, 2, 2]
+        );
+        assert_eq!(run_einsum("i,i,i->", &[&v, &v, &v]), arr(&[], vec![10.0]));
         assert!(parse_equation("ij->k", &[&[2, 3]]).is_err());
         assert!(parse_equation("i,i", &[&[2], &[3]]).is_err());
         assert!(parse_equation("...i->i", &[&[2, 3]]).is_err());

@@ -12,7 +12,12 @@ use crate::ir::{DType, Tensor, ValueType};
 
 fn float_input<'a>(c: &InferCtx<'a>, i: usize, what: &str) -> Result<&'a ValueType> {
     let t = c.input(i)?;
-    ensure!(t.dtype.is_float(), Invalid, "{what} must be a float tensor, found {}", t.dtype);
+    ensure!(
+        t.dtype.is_float(),
+        Invalid,
+        "{what} must be a float tensor, found {}",
+        t.dtype
+    );
     Ok(t)
 }
 
@@ -29,7 +34,10 @@ fn min_rank(x: &ValueType, r: usize, what: &str) -> Result<()> {
 fn f64s(t: &Tensor) -> Result<ArrayD<f64>> {
     match t.cast(DType::F64) {
         Tensor::F64(a) => Ok(a),
-        o => Err(Error::Internal(format!("cast to f64 produced {}", o.dtype()))),
+        o => Err(Error::Internal(format!(
+            "cast to f64 produced {}",
+            o.dtype()
+        ))),
     }
 }
 
@@ -50,7 +58,11 @@ fn mean_var(v: &[f64]) -> (f64, f64) {
 
 /// Applies `f` to every group of elements that agree on all axes outside
 /// `axes`, visiting groups in row-major order of the kept axes.
-fn over_groups(x: &ArrayD<f64>, axes: &[usize], mut f: impl FnMut(&mut [f64])) -> Result<ArrayD<f64>> {
+fn over_groups(
+    x: &ArrayD<f64>,
+    axes: &[usize],
+    mut f: impl FnMut(&mut [f64]),
+) -> Result<ArrayD<f64>> {
     let rank = x.ndim();
     let mut perm: Vec<usize> = (0..rank).filter(|d| !axes.contains(d)).collect();
     perm.extend(axes);
@@ -67,16 +79,24 @@ fn over_groups(x: &ArrayD<f64>, axes: &[usize], mut f: impl FnMut(&mut [f64])) -
     }
     let y = ArrayD::from_shape_vec(IxDyn(&moved_shape), v)
         .map_err(|e| Error::Internal(format!("reshape failed: {e}")))?;
-    Ok(y.permuted_axes(IxDyn(&inv)).as_standard_layout().into_owned())
+    Ok(y.permuted_axes(IxDyn(&inv))
+        .as_standard_layout()
+        .into_owned())
 }
 
 /// `y * scale + bias` with scale and bias broadcast to `y` (unidirectional).
-fn affine(mut y: ArrayD<f64>, scale: Option<&Tensor>, bias: Option<&Tensor>) -> Result<ArrayD<f64>> {
+fn affine(
+    mut y: ArrayD<f64>,
+    scale: Option<&Tensor>,
+    bias: Option<&Tensor>,
+) -> Result<ArrayD<f64>> {
     for (t, mul) in [(scale, true), (bias, false)] {
         if let Some(t) = t {
             let p = f64s(t)?;
             let pv = broadcast::view(&p, y.shape())?;
-            Zip::from(&mut y).and(&pv).for_each(|v, &q| if mul { *v *= q } else { *v += q });
+            Zip::from(&mut y)
+                .and(&pv)
+                .for_each(|v, &q| if mul { *v *= q } else { *v += q });
         }
     }
     Ok(y)
@@ -131,7 +151,11 @@ fn batch_norm_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
         );
     }
     let per_feature = per_feature(c.opset, c.attrs)?;
-    let n = if per_feature { x.shape[1..].iter().product() } else { x.shape[1] };
+    let n = if per_feature {
+        x.shape[1..].iter().product()
+    } else {
+        x.shape[1]
+    };
     for (i, name) in [(1, "scale"), (2, "B"), (3, "mean"), (4, "var")] {
         let t = float_input(c, i, name)?;
         ensure!(
@@ -163,7 +187,11 @@ fn batch_norm_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
         .as_slice_mut()
         .ok_or_else(|| Error::Internal("standard layout is not contiguous".into()))?;
     for (i, v) in ys.iter_mut().enumerate() {
-        let f = if per_feature { i % (chans * inner) } else { i / inner.max(1) % chans };
+        let f = if per_feature {
+            i % (chans * inner)
+        } else {
+            i / inner.max(1) % chans
+        };
         *v = scale[f] * (*v - mean[f]) / (var[f] + eps).sqrt() + bias[f];
     }
     Ok(vec![Tensor::F64(y).cast(x.dtype())])
@@ -189,7 +217,13 @@ fn stash_dtype(attrs: &crate::ir::Attrs) -> Result<DType> {
 
 fn check_broadcast_to(t: &ValueType, x: &ValueType, what: &str) -> Result<()> {
     let ok = broadcast::shape(&[&x.shape, &t.shape]).is_ok_and(|s| s == x.shape);
-    ensure!(ok, Invalid, "{what} of shape {:?} does not broadcast to X {:?}", t.shape, x.shape);
+    ensure!(
+        ok,
+        Invalid,
+        "{what} of shape {:?} does not broadcast to X {:?}",
+        t.shape,
+        x.shape
+    );
     Ok(())
 }
 
@@ -200,7 +234,13 @@ fn layer_norm_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     for (i, what) in [(1, "Scale"), (2, "B")] {
         if c.has(i) {
             let t = float_input(c, i, what)?;
-            ensure!(t.dtype == x.dtype, Invalid, "{what} dtype {} differs from X dtype {}", t.dtype, x.dtype);
+            ensure!(
+                t.dtype == x.dtype,
+                Invalid,
+                "{what} dtype {} differs from X dtype {}",
+                t.dtype,
+                x.dtype
+            );
             check_broadcast_to(t, x, what)?;
         }
     }
@@ -281,7 +321,9 @@ fn instance_norm_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
 fn instance_norm_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     let x = c.input(0)?;
     let eps = epsilon(c)?;
-    let norm = over_groups(&f64s(x)?, &(2..x.rank()).collect::<Vec<_>>(), |g| standardize(g, eps))?;
+    let norm = over_groups(&f64s(x)?, &(2..x.rank()).collect::<Vec<_>>(), |g| {
+        standardize(g, eps)
+    })?;
     let y = per_channel(norm, &flat(c.input(1)?), &flat(c.input(2)?));
     Ok(vec![Tensor::F64(y).cast(x.dtype())])
 }
@@ -289,7 +331,7 @@ fn instance_norm_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 fn num_groups(attrs: &crate::ir::Attrs, chans: usize) -> Result<usize> {
     let g = attrs.req_int("num_groups")?;
     ensure!(
-        g >= 1 && chans % g as usize == 0,
+        g >= 1 && chans.is_multiple_of(g as usize),
         Invalid,
         "attribute 'num_groups' ({g}) must divide the {chans} channels"
     );
@@ -326,7 +368,11 @@ fn group_norm_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     let grouped = f64s(x)?
         .as_standard_layout()
         .into_owned()
-        .into_shape_with_order(IxDyn(&[shape[0], g, shape[1..].iter().product::<usize>() / g]))
+        .into_shape_with_order(IxDyn(&[
+            shape[0],
+            g,
+            shape[1..].iter().product::<usize>() / g,
+        ]))
         .map_err(|e| Error::Internal(format!("reshape failed: {e}")))?;
     let norm = over_groups(&grouped, &[2], |v| standardize(v, eps))?
         .into_shape_with_order(IxDyn(shape))
@@ -337,7 +383,9 @@ fn group_norm_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
         scale = (0..chans).map(|ch| scale[ch / per]).collect();
         bias = (0..chans).map(|ch| bias[ch / per]).collect();
     }
-    Ok(vec![Tensor::F64(per_channel(norm, &scale, &bias)).cast(x.dtype())])
+    Ok(vec![
+        Tensor::F64(per_channel(norm, &scale, &bias)).cast(x.dtype()),
+    ])
 }
 
 // --------------------------------------------------------------------- LRN
@@ -346,7 +394,11 @@ fn lrn_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     let x = float_input(c, 0, "X")?;
     min_rank(x, 2, "N, C, ...")?;
     let size = c.attrs.req_int("size")?;
-    ensure!(size >= 1, Invalid, "attribute 'size' must be >= 1, found {size}");
+    ensure!(
+        size >= 1,
+        Invalid,
+        "attribute 'size' must be >= 1, found {size}"
+    );
     one(x.clone())
 }
 
@@ -367,7 +419,9 @@ fn lrn_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
             let window = ch.saturating_sub(lo)..(ch + hi + 1).min(chans);
             let mut sq = img.index_axis(Axis(0), ch).mapv(|_| 0.0);
             for j in window {
-                Zip::from(&mut sq).and(img.index_axis(Axis(0), j)).for_each(|s, &v| *s += v * v);
+                Zip::from(&mut sq)
+                    .and(img.index_axis(Axis(0), j))
+                    .for_each(|s, &v| *s += v * v);
             }
             Zip::from(out.index_axis_mut(Axis(0), ch))
                 .and(&sq)
@@ -380,8 +434,13 @@ fn lrn_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 // ------------------------------------------- MeanVariance and Lp normalization
 
 fn mvn_axes(attrs: &crate::ir::Attrs, rank: usize) -> Result<Vec<usize>> {
-    let raw = attrs.ints_opt("axes")?.map_or(vec![0, 2, 3], <[i64]>::to_vec);
-    let mut axes = raw.iter().map(|&a| axis(a, rank)).collect::<Result<Vec<_>>>()?;
+    let raw = attrs
+        .ints_opt("axes")?
+        .map_or(vec![0, 2, 3], <[i64]>::to_vec);
+    let mut axes = raw
+        .iter()
+        .map(|&a| axis(a, rank))
+        .collect::<Result<Vec<_>>>()?;
     axes.sort_unstable();
     axes.dedup();
     Ok(axes)
@@ -409,7 +468,11 @@ fn mvn_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 
 fn lp_norm_params(attrs: &crate::ir::Attrs, rank: usize) -> Result<(usize, i64)> {
     let p = attrs.int("p", 2)?;
-    ensure!(p == 1 || p == 2, Invalid, "attribute 'p' must be 1 or 2, found {p}");
+    ensure!(
+        p == 1 || p == 2,
+        Invalid,
+        "attribute 'p' must be 1 or 2, found {p}"
+    );
     ensure!(rank >= 1, Invalid, "input must have rank >= 1");
     Ok((axis(attrs.int("axis", -1)?, rank)?, p))
 }
@@ -430,7 +493,8 @@ fn lp_norm_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
         } else {
             g.iter().map(|v| v * v).sum::<f64>().sqrt()
         };
-        g.iter_mut().for_each(|v| *v = if norm == 0.0 { 0.0 } else { *v / norm });
+        g.iter_mut()
+            .for_each(|v| *v = if norm == 0.0 { 0.0 } else { *v / norm });
     })?;
     Ok(vec![Tensor::F64(y).cast(x.dtype())])
 }
@@ -439,7 +503,11 @@ pub fn register(t: &mut OpTable) {
     t.add("BatchNormalization", batch_norm_infer, batch_norm_eval);
     t.add("LayerNormalization", layer_norm_infer, layer_norm_eval);
     t.add("RMSNormalization", rms_norm_infer, rms_norm_eval);
-    t.add("InstanceNormalization", instance_norm_infer, instance_norm_eval);
+    t.add(
+        "InstanceNormalization",
+        instance_norm_infer,
+        instance_norm_eval,
+    );
     t.add("GroupNormalization", group_norm_infer, group_norm_eval);
     t.add("LRN", lrn_infer, lrn_eval);
     t.add("MeanVarianceNormalization", mvn_infer, mvn_eval);

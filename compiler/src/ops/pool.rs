@@ -20,9 +20,18 @@ fn check_input(x: &ValueType, min_rank: usize, float_only: bool) -> Result<()> {
         x.shape
     );
     if float_only {
-        ensure!(x.dtype.is_float(), Invalid, "X must be a float tensor, found {}", x.dtype);
+        ensure!(
+            x.dtype.is_float(),
+            Invalid,
+            "X must be a float tensor, found {}",
+            x.dtype
+        );
     } else {
-        ensure!(x.dtype != DType::Bool, Invalid, "X must be numeric, found bool");
+        ensure!(
+            x.dtype != DType::Bool,
+            Invalid,
+            "X must be numeric, found bool"
+        );
     }
     Ok(())
 }
@@ -72,7 +81,8 @@ fn for_each_window(input: &[usize], w: &Window, mut f: impl FnMut(usize, &[usize
         loop {
             let (mut inside, mut in_pad_range, mut off) = (true, true, 0);
             for d in 0..nd {
-                let at = (oidx[d] * w.strides[d] + kidx[d] * w.dilations[d]) as isize - w.begin[d] as isize;
+                let at = (oidx[d] * w.strides[d] + kidx[d] * w.dilations[d]) as isize
+                    - w.begin[d] as isize;
                 inside &= at >= 0 && (at as usize) < input[d];
                 in_pad_range &= at < (input[d] + w.end[d]) as isize;
                 off += at.max(0) as usize * istr[d];
@@ -104,7 +114,10 @@ fn planes<T: Copy + Default, R: Copy + Default>(
         .ok_or_else(|| Error::Internal("standard layout is not contiguous".into()))?;
     let mut out = vec![R::default(); planes * osize];
     for p in 0..planes {
-        f(&xs[p * isize..(p + 1) * isize], &mut out[p * osize..(p + 1) * osize]);
+        f(
+            &xs[p * isize..(p + 1) * isize],
+            &mut out[p * osize..(p + 1) * osize],
+        );
     }
     Ok(out)
 }
@@ -113,12 +126,16 @@ fn planes<T: Copy + Default, R: Copy + Default>(
 
 /// The first maximal tap; NaN loses to any number (as in the reference,
 /// which drops NaNs before taking the max).
+fn is_nan<T: Elem>(v: T) -> bool {
+    v.partial_cmp(&v).is_none()
+}
+
 fn argmax<T: Elem>(plane: &[T], taps: &[usize]) -> Option<(T, usize)> {
     let mut best: Option<(T, usize)> = None;
     for &t in taps {
         let v = plane[t];
         best = match best {
-            Some((b, _)) if !(v > b || (b != b && v == v)) => best,
+            Some((b, _)) if !(v > b || (is_nan(b) && !is_nan(v))) => best,
             _ => Some((v, t)),
         };
     }
@@ -129,7 +146,11 @@ fn max_pool_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     let x = c.input(0)?;
     check_input(x, 3, false)?;
     let order = c.attrs.int("storage_order", 0)?;
-    ensure!(order == 0 || order == 1, Invalid, "attribute 'storage_order' must be 0 or 1, found {order}");
+    ensure!(
+        order == 0 || order == 1,
+        Invalid,
+        "attribute 'storage_order' must be 0 or 1, found {order}"
+    );
     let shape = out_shape(&x.shape, &pool_window(c.attrs, &x.shape)?);
     Ok(vec![
         ValueType::new(x.dtype, shape.clone()),
@@ -183,7 +204,10 @@ fn max_pool_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 fn float_pool_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     let x = c.input(0)?;
     check_input(x, 3, true)?;
-    one(ValueType::new(x.dtype, out_shape(&x.shape, &pool_window(c.attrs, &x.shape)?)))
+    one(ValueType::new(
+        x.dtype,
+        out_shape(&x.shape, &pool_window(c.attrs, &x.shape)?),
+    ))
 }
 
 /// Pools `x` in f64 with `f(plane, taps, padded)` and rounds once to its
@@ -198,7 +222,9 @@ fn f64_pool(c: &EvalCtx, f: impl Fn(&[f64], &[usize], usize) -> f64) -> Result<V
     let y = planes(xf, osize, |plane, out: &mut [f64]| {
         for_each_window(input, &w, |o, taps, padded| out[o] = f(plane, taps, padded))
     })?;
-    Ok(vec![Tensor::from_vec(&out_shape(x.shape(), &w), y)?.cast(x.dtype())])
+    Ok(vec![
+        Tensor::from_vec(&out_shape(x.shape(), &w), y)?.cast(x.dtype()),
+    ])
 }
 
 fn avg_pool_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
@@ -212,7 +238,12 @@ fn avg_pool_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 /// The `p` of LpPool/GlobalLpPool (a float in opset 1, an int later).
 fn lp_p(attrs: &Attrs) -> Result<f64> {
     let p = attrs.float("p", 2.0)? as f64;
-    ensure!(p > 0.0, Invalid, "attribute 'p' must be positive, found {p}");
+    let positive = p > 0.0;
+    ensure!(
+        positive,
+        Invalid,
+        "attribute 'p' must be positive, found {p}"
+    );
     Ok(p)
 }
 
@@ -236,9 +267,14 @@ fn global_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
 }
 
 /// Reduces every N*C plane to one value with `f`.
-fn global<T: Copy + Default>(x: &ArrayD<T>, out: &[usize], f: impl Fn(&[T]) -> T) -> Result<ArrayD<T>> {
+fn global<T: Copy + Default>(
+    x: &ArrayD<T>,
+    out: &[usize],
+    f: impl Fn(&[T]) -> T,
+) -> Result<ArrayD<T>> {
     let v = planes(x, 1, |plane, o: &mut [T]| o[0] = f(plane))?;
-    ArrayD::from_shape_vec(IxDyn(out), v).map_err(|e| Error::Internal(format!("reshape failed: {e}")))
+    ArrayD::from_shape_vec(IxDyn(out), v)
+        .map_err(|e| Error::Internal(format!("reshape failed: {e}")))
 }
 
 fn global_f64(c: &EvalCtx, f: impl Fn(&[f64]) -> f64) -> Result<Vec<Tensor>> {
@@ -260,10 +296,14 @@ fn global_lp_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 fn global_max_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     fn go<T: Elem>(c: &EvalCtx, x: &ArrayD<T>) -> Result<Tensor> {
         let taps: Vec<usize> = (0..x.shape()[2..].iter().product()).collect();
-        let y = global(x, &c.outputs[0].shape, |p| argmax(p, &taps).map_or(T::default(), |b| b.0))?;
+        let y = global(x, &c.outputs[0].shape, |p| {
+            argmax(p, &taps).map_or(T::default(), |b| b.0)
+        })?;
         Ok(T::wrap(y))
     }
-    Ok(vec![dispatch_num!(c.input(0)?, x => go(c, x)?, o => bail!(Invalid, "X must be numeric, found {}", o.dtype()))])
+    Ok(vec![
+        dispatch_num!(c.input(0)?, x => go(c, x)?, o => bail!(Invalid, "X must be numeric, found {}", o.dtype())),
+    ])
 }
 
 // --------------------------------------------------------------- MaxUnpool
@@ -282,12 +322,20 @@ fn unpool_shape(attrs: &Attrs, x: &[usize]) -> Result<Vec<usize>> {
     let pads = match attrs.ints_opt("pads")? {
         None | Some([]) => vec![0; 2 * n],
         Some(p) if p.len() == 2 * n && p.iter().all(|&v| v >= 0) => p.to_vec(),
-        Some(p) => bail!(Invalid, "attribute 'pads' {p:?} must hold {} values >= 0", 2 * n),
+        Some(p) => bail!(
+            Invalid,
+            "attribute 'pads' {p:?} must hold {} values >= 0",
+            2 * n
+        ),
     };
     let mut shape = x[..2].to_vec();
     for i in 0..n {
         let d = (x[i + 2] as i64 - 1) * strides[i] - (pads[i] + pads[i + n]) + kernel[i] as i64;
-        ensure!(d >= 1, Invalid, "spatial axis {i}: unpooled size {d} is not positive");
+        ensure!(
+            d >= 1,
+            Invalid,
+            "spatial axis {i}: unpooled size {d} is not positive"
+        );
         shape.push(d as usize);
     }
     Ok(shape)
@@ -296,8 +344,19 @@ fn unpool_shape(attrs: &Attrs, x: &[usize]) -> Result<Vec<usize>> {
 fn max_unpool_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     let (x, i) = (c.input(0)?, c.input(1)?);
     check_input(x, 3, false)?;
-    ensure!(i.dtype == DType::I64, Invalid, "I must be i64, found {}", i.dtype);
-    ensure!(i.shape == x.shape, Invalid, "I shape {:?} differs from X shape {:?}", i.shape, x.shape);
+    ensure!(
+        i.dtype == DType::I64,
+        Invalid,
+        "I must be i64, found {}",
+        i.dtype
+    );
+    ensure!(
+        i.shape == x.shape,
+        Invalid,
+        "I shape {:?} differs from X shape {:?}",
+        i.shape,
+        x.shape
+    );
     let inferred = unpool_shape(c.attrs, &x.shape)?;
     let shape = match c.const_input(2, "output_shape")? {
         None => inferred,
@@ -343,7 +402,9 @@ fn max_unpool_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
             .assign(&y);
         Ok(T::wrap(full))
     }
-    Ok(vec![dispatch_num!(c.input(0)?, x => go(c, x)?, o => bail!(Invalid, "X must be numeric, found {}", o.dtype()))])
+    Ok(vec![
+        dispatch_num!(c.input(0)?, x => go(c, x)?, o => bail!(Invalid, "X must be numeric, found {}", o.dtype())),
+    ])
 }
 
 pub fn register(t: &mut OpTable) {
@@ -373,19 +434,32 @@ mod tests {
     fn pool1d(a: &Attrs, x: &[f64], f: impl Fn(&[f64], &[usize], usize) -> f64) -> Vec<f64> {
         let w = pool_window(a, &[1, 1, x.len()]).unwrap();
         let mut out = vec![0.0; w.out[0]];
-        for_each_window(&[x.len()], &w, |o, taps, padded| out[o] = f(x, taps, padded));
+        for_each_window(&[x.len()], &w, |o, taps, padded| {
+            out[o] = f(x, taps, padded)
+        });
         out
     }
 
     #[test]
     fn average_counts_padding_on_request() {
         let x = [1.0, 2.0, 3.0, 4.0];
-        let base = [("kernel_shape", Attr::Ints(vec![3])), ("pads", Attr::Ints(vec![1, 1]))];
+        let base = [
+            ("kernel_shape", Attr::Ints(vec![3])),
+            ("pads", Attr::Ints(vec![1, 1])),
+        ];
         let avg = |include: bool| {
-            move |p: &[f64], t: &[usize], n: usize| t.iter().map(|&i| p[i]).sum::<f64>() / if include { n } else { t.len() } as f64
+            move |p: &[f64], t: &[usize], n: usize| {
+                t.iter().map(|&i| p[i]).sum::<f64>() / if include { n } else { t.len() } as f64
+            }
         };
-        assert_eq!(pool1d(&attrs(&base), &x, avg(false)), vec![1.5, 2.0, 3.0, 3.5]);
-        assert_eq!(pool1d(&attrs(&base), &x, avg(true)), vec![1.0, 2.0, 3.0, 7.0 / 3.0]);
+        assert_eq!(
+            pool1d(&attrs(&base), &x, avg(false)),
+            vec![1.5, 2.0, 3.0, 3.5]
+        );
+        assert_eq!(
+            pool1d(&attrs(&base), &x, avg(true)),
+            vec![1.0, 2.0, 3.0, 7.0 / 3.0]
+        );
         // ceil_mode: the last window hangs past the end padding; only
         // the padded extent counts.
         let mut a = attrs(&base);
@@ -398,7 +472,10 @@ mod tests {
     #[test]
     fn maxpool_dilated_and_argmax() {
         let x = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0];
-        let a = attrs(&[("kernel_shape", Attr::Ints(vec![2])), ("dilations", Attr::Ints(vec![3]))]);
+        let a = attrs(&[
+            ("kernel_shape", Attr::Ints(vec![2])),
+            ("dilations", Attr::Ints(vec![3])),
+        ]);
         let max = |p: &[f64], t: &[usize], _| argmax(p, t).unwrap().0;
         assert_eq!(pool1d(&a, &x, max), vec![3.0, 5.0, 9.0, 2.0]);
         assert_eq!(argmax(&[1.0, 7.0, 7.0], &[0, 1, 2]), Some((7.0, 1)));
