@@ -15,14 +15,14 @@ use crate::ir::{Attrs, DType, Tensor, ValueType};
 // ------------------------------------------------------------------ geometry
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) enum AutoPad {
+enum AutoPad {
     NotSet,
     Valid,
     SameUpper,
     SameLower,
 }
 
-pub(super) fn auto_pad(attrs: &Attrs) -> Result<AutoPad> {
+fn auto_pad(attrs: &Attrs) -> Result<AutoPad> {
     Ok(match attrs.string("auto_pad", "NOTSET")? {
         "NOTSET" | "" => AutoPad::NotSet,
         "VALID" => AutoPad::Valid,
@@ -54,10 +54,18 @@ pub(super) fn axis_ints(
         "attribute '{name}' has {} values, expected {n} (one per spatial axis)",
         v.len()
     );
+    in_range(name, v, min)
+}
+
+/// Bounds geometry attributes so that size arithmetic cannot overflow.
+const MAX_GEOMETRY: i64 = 1 << 31;
+
+/// Checks that every value of attribute `name` lies in [min, MAX_GEOMETRY].
+pub(super) fn in_range(name: &str, v: &[i64], min: i64) -> Result<Vec<i64>> {
     ensure!(
-        v.iter().all(|&x| x >= min),
+        v.iter().all(|x| (min..=MAX_GEOMETRY).contains(x)),
         Invalid,
-        "attribute '{name}' values must be >= {min}, found {v:?}"
+        "attribute '{name}' values must be in [{min}, {MAX_GEOMETRY}], found {v:?}"
     );
     Ok(v.to_vec())
 }
@@ -72,7 +80,8 @@ fn explicit_pads(attrs: &Attrs, n: usize) -> Result<(Vec<usize>, Vec<usize>)> {
     Ok((p[..n].to_vec(), p[n..].to_vec()))
 }
 
-fn axis_ints_len(attrs: &Attrs, name: &str, len: usize) -> Result<Vec<i64>> {
+/// An attribute of exactly `len` values >= 0, zeros when absent or empty.
+pub(super) fn axis_ints_len(attrs: &Attrs, name: &str, len: usize) -> Result<Vec<i64>> {
     let v = match attrs.ints_opt(name)? {
         None | Some([]) => return Ok(vec![0; len]),
         Some(v) => v,
@@ -83,12 +92,7 @@ fn axis_ints_len(attrs: &Attrs, name: &str, len: usize) -> Result<Vec<i64>> {
         "attribute '{name}' has {} values, expected {len}",
         v.len()
     );
-    ensure!(
-        v.iter().all(|&x| x >= 0),
-        Invalid,
-        "attribute '{name}' values must be >= 0, found {v:?}"
-    );
-    Ok(v.to_vec())
+    in_range(name, v, 0)
 }
 
 /// The geometry of a sliding window over the spatial axes: per axis the
@@ -281,7 +285,10 @@ fn conv_nd<T: Dot>(
         .into_shape_with_order((m, cg * ksize))
         .map_err(shape_err)?;
     // A 1x1 kernel with unit strides and no padding reads the input as is.
-    let pointwise = ksize == 1 && win.out == input;
+    let pointwise = ksize == 1
+        && win.out == input
+        && win.strides.iter().all(|&s| s == 1)
+        && win.begin.iter().all(|&b| b == 0);
     let mut out = Array3::from_elem((n, m, osize), T::default());
     for b in 0..n {
         for g in 0..group {
@@ -333,7 +340,7 @@ fn conv_setup(attrs: &Attrs, x: &[usize], w: &[usize]) -> Result<(Window, usize)
     );
     let group = group as usize;
     ensure!(
-        x[1] == w[1] * group && w[0] % group == 0,
+        x[1] == w[1] * group && w[0].is_multiple_of(group),
         Invalid,
         "X has {} channels and W shape {w:?}: need C = W[1] * group ({group}) and W[0] divisible by group",
         x[1]
@@ -522,7 +529,7 @@ fn transposed_setup(attrs: &Attrs, x: &[usize], w: &[usize]) -> Result<Transpose
     );
     let group = group as usize;
     ensure!(
-        w[0] == x[1] && x[1] % group == 0,
+        w[0] == x[1] && x[1].is_multiple_of(group),
         Invalid,
         "W shape {w:?} must start with X's {} channels, divisible by group {group}",
         x[1]
@@ -534,19 +541,13 @@ fn transposed_setup(attrs: &Attrs, x: &[usize], w: &[usize]) -> Result<Transpose
     let strides = to_usize(axis_ints(attrs, "strides", n, 1, 1)?);
     let dilations = to_usize(axis_ints(attrs, "dilations", n, 1, 1)?);
     let out_pad = match attrs.ints_opt("output_padding")? {
-        Some(v) if v.len() == 2 * n => v[..n].to_vec(),
+        Some(v) if v.len() == 2 * n => in_range("output_padding", &v[..n], 0)?,
         _ => axis_ints(attrs, "output_padding", n, 0, 0)?,
     };
     let requested = match attrs.ints_opt("output_shape")? {
         None | Some([]) => None,
         Some(v) if v.len() == n || v.len() == n + 2 => {
-            let v = &v[v.len() - n..];
-            ensure!(
-                v.iter().all(|&d| d >= 1),
-                Invalid,
-                "attribute 'output_shape' {v:?} must be positive"
-            );
-            Some(v.to_vec())
+            Some(in_range("output_shape", &v[v.len() - n..], 1)?)
         }
         Some(v) => bail!(
             Invalid,

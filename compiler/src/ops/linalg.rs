@@ -840,12 +840,11 @@ mod tests {
         ArrayD::from_shape_vec(IxDyn(shape), v).unwrap()
     }
 
-    fn run_einsum(eq: &str, ins: &[ArrayD<f64>]) -> ArrayD<f64> {
+    fn run_einsum(eq: &str, ins: &[&ArrayD<f64>]) -> ArrayD<f64> {
         let shapes: Vec<&[usize]> = ins.iter().map(|a| a.shape()).collect();
         let e = parse_equation(eq, &shapes).unwrap();
         let shape: Vec<usize> = e.output.iter().map(|l| e.sizes[l]).collect();
-        let refs: Vec<&ArrayD<f64>> = ins.iter().collect();
-        einsum(&e, &refs, &shape).unwrap()
+        einsum(&e, ins, &shape).unwrap()
     }
 
     #[test]
@@ -881,52 +880,40 @@ mod tests {
     #[test]
     fn einsum_forms() {
         let m = arr(&[2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        assert_eq!(run_einsum("ij->ji", &[m.clone()]), m.t().to_owned());
-        assert_eq!(run_einsum("ij", &[m.clone()]), m);
-        assert_eq!(run_einsum("ji", &[m.clone()]), m.t().to_owned());
-        assert_eq!(run_einsum("ij->", &[m.clone()]), arr(&[], vec![21.0]));
-        assert_eq!(
-            run_einsum("ij->i", &[m.clone()]),
-            arr(&[2], vec![6.0, 15.0])
-        );
+        assert_eq!(run_einsum("ij->ji", &[&m]), m.t().to_owned());
+        assert_eq!(run_einsum("ij", &[&m]), m);
+        assert_eq!(run_einsum("ji", &[&m]), m.t().to_owned());
+        assert_eq!(run_einsum("ij->", &[&m]), arr(&[], vec![21.0]));
+        assert_eq!(run_einsum("ij->i", &[&m]), arr(&[2], vec![6.0, 15.0]));
         let sq = arr(&[2, 2], vec![1.0, 2.0, 3.0, 4.0]);
-        assert_eq!(run_einsum("ii", &[sq.clone()]), arr(&[], vec![5.0]));
+        assert_eq!(run_einsum("ii", &[&sq]), arr(&[], vec![5.0]));
+        assert_eq!(run_einsum("ii->i", &[&sq]), arr(&[2], vec![1.0, 4.0]));
         assert_eq!(
-            run_einsum("ii->i", &[sq.clone()]),
-            arr(&[2], vec![1.0, 4.0])
-        );
-        assert_eq!(
-            run_einsum("ij,jk", &[m.clone(), m.t().to_owned()]),
+            run_einsum("ij,jk", &[&m, &m.t().to_owned()]),
             arr(&[2, 2], vec![14.0, 32.0, 32.0, 77.0])
         );
         let v = arr(&[3], vec![1.0, 1.0, 2.0]);
+        assert_eq!(run_einsum("i,i", &[&v, &v]), arr(&[], vec![6.0]));
         assert_eq!(
-            run_einsum("i,i", &[v.clone(), v.clone()]),
-            arr(&[], vec![6.0])
-        );
-        assert_eq!(
-            run_einsum("i,j->ij", &[v.clone(), arr(&[1], vec![2.0])]),
+            run_einsum("i,j->ij", &[&v, &arr(&[1], vec![2.0])]),
             arr(&[3, 1], vec![2.0, 2.0, 4.0])
         );
         assert_eq!(
-            run_einsum("...j,j->...", &[m.clone(), v.clone()]),
+            run_einsum("...j,j->...", &[&m, &v]),
             arr(&[2], vec![9.0, 21.0])
         );
         assert_eq!(
             run_einsum(
                 "bij,bjk->bik",
                 &[
-                    m.clone().into_shape_with_order(IxDyn(&[1, 2, 3])).unwrap(),
-                    m.t().to_owned().insert_axis(Axis(0))
+                    &m.clone().into_shape_with_order(IxDyn(&[1, 2, 3])).unwrap(),
+                    &m.t().to_owned().insert_axis(Axis(0))
                 ]
             )
             .shape(),
             &[1, 2, 2]
         );
-        assert_eq!(
-            run_einsum("i,i,i->", &[v.clone(), v.clone(), v.clone()]),
-            arr(&[], vec![10.0])
-        );
+        assert_eq!(run_einsum("i,i,i->", &[&v, &v, &v]), arr(&[], vec![10.0]));
         assert!(parse_equation("ij->k", &[&[2, 3]]).is_err());
         assert!(parse_equation("i,i", &[&[2], &[3]]).is_err());
         assert!(parse_equation("...i->i", &[&[2, 3]]).is_err());

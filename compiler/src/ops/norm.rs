@@ -199,7 +199,7 @@ fn batch_norm_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 
 // ------------------------------------------------ Layer and RMS normalization
 
-/// The first normalized axis and the stash dtype.
+/// The first normalized axis (`axis` attribute, default -1).
 fn suffix_axis(c_attrs: &crate::ir::Attrs, rank: usize) -> Result<usize> {
     ensure!(rank >= 1, Invalid, "X must have rank >= 1");
     axis(c_attrs.int("axis", -1)?, rank)
@@ -331,7 +331,7 @@ fn instance_norm_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 fn num_groups(attrs: &crate::ir::Attrs, chans: usize) -> Result<usize> {
     let g = attrs.req_int("num_groups")?;
     ensure!(
-        g >= 1 && chans % g as usize == 0,
+        g >= 1 && chans.is_multiple_of(g as usize),
         Invalid,
         "attribute 'num_groups' ({g}) must divide the {chans} channels"
     );

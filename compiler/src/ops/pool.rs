@@ -6,7 +6,7 @@
 
 use ndarray::{ArrayD, IxDyn, Slice};
 
-use super::conv::{Window, next_index, row_major_strides};
+use super::conv::{Window, axis_ints, axis_ints_len, in_range, next_index, row_major_strides};
 use super::{EvalCtx, InferCtx, OpTable, one};
 use crate::dispatch_num;
 use crate::error::{Error, Result};
@@ -41,11 +41,14 @@ fn kernel_shape(attrs: &Attrs, spatial: usize) -> Result<Vec<usize>> {
         .ints_opt("kernel_shape")?
         .ok_or_else(|| Error::Invalid("missing required attribute 'kernel_shape'".into()))?;
     ensure!(
-        k.len() == spatial && k.iter().all(|&v| v >= 1),
+        k.len() == spatial,
         Invalid,
-        "attribute 'kernel_shape' {k:?} must hold {spatial} values >= 1"
+        "attribute 'kernel_shape' {k:?} must hold {spatial} values"
     );
-    Ok(k.iter().map(|&v| v as usize).collect())
+    Ok(in_range("kernel_shape", k, 1)?
+        .into_iter()
+        .map(|v| v as usize)
+        .collect())
 }
 
 fn pool_window(attrs: &Attrs, x: &[usize]) -> Result<Window> {
@@ -126,12 +129,16 @@ fn planes<T: Copy + Default, R: Copy + Default>(
 
 /// The first maximal tap; NaN loses to any number (as in the reference,
 /// which drops NaNs before taking the max).
+fn is_nan<T: Elem>(v: T) -> bool {
+    v.partial_cmp(&v).is_none()
+}
+
 fn argmax<T: Elem>(plane: &[T], taps: &[usize]) -> Option<(T, usize)> {
     let mut best: Option<(T, usize)> = None;
     for &t in taps {
         let v = plane[t];
         best = match best {
-            Some((b, _)) if !(v > b || (b != b && v == v)) => best,
+            Some((b, _)) if !(v > b || (is_nan(b) && !is_nan(v))) => best,
             _ => Some((v, t)),
         };
     }
@@ -234,8 +241,9 @@ fn avg_pool_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 /// The `p` of LpPool/GlobalLpPool (a float in opset 1, an int later).
 fn lp_p(attrs: &Attrs) -> Result<f64> {
     let p = attrs.float("p", 2.0)? as f64;
+    let positive = p > 0.0;
     ensure!(
-        p > 0.0,
+        positive,
         Invalid,
         "attribute 'p' must be positive, found {p}"
     );
@@ -313,16 +321,8 @@ fn unpool_shape(attrs: &Attrs, x: &[usize]) -> Result<Vec<usize>> {
     );
     let n = x.len() - 2;
     let kernel = kernel_shape(attrs, n)?;
-    let strides = super::conv::axis_ints(attrs, "strides", n, 1, 1)?;
-    let pads = match attrs.ints_opt("pads")? {
-        None | Some([]) => vec![0; 2 * n],
-        Some(p) if p.len() == 2 * n && p.iter().all(|&v| v >= 0) => p.to_vec(),
-        Some(p) => bail!(
-            Invalid,
-            "attribute 'pads' {p:?} must hold {} values >= 0",
-            2 * n
-        ),
-    };
+    let strides = axis_ints(attrs, "strides", n, 1, 1)?;
+    let pads = axis_ints_len(attrs, "pads", 2 * n)?;
     let mut shape = x[..2].to_vec();
     for i in 0..n {
         let d = (x[i + 2] as i64 - 1) * strides[i] - (pads[i] + pads[i + n]) + kernel[i] as i64;
