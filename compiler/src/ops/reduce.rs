@@ -1,5 +1,5 @@
 //! Reductions and ops that work along one axis: the Reduce* family,
-//! ArgMax/ArgMin, Softmax/LogSoftmax/Hardmax, CumSum and TopK.
+//! ArgMax/ArgMin, Softmax/LogSoftmax/Hardmax, CumSum/CumProd and TopK.
 //!
 //! Float math runs in f64 and is rounded once to the element type; integer
 //! sums and products wrap like numpy's (they are computed in i128 and
@@ -102,7 +102,11 @@ impl Lanes {
 /// single lane of one element).
 fn lane_axis(a: i64, rank: usize) -> Result<usize> {
     if rank == 0 {
-        ensure!(a == 0 || a == -1, Invalid, "axis {a} is out of range for rank 0");
+        ensure!(
+            a == 0 || a == -1,
+            Invalid,
+            "axis {a} is out of range for rank 0"
+        );
         return Ok(0);
     }
     super::axis(a, rank)
@@ -175,7 +179,8 @@ fn reduced_mask(
     };
     let mut mask = vec![false; rank];
     for a in axes {
-        let i = super::axis(a, rank).map_err(|e| crate::error::Error::Invalid(format!("axes: {e}")))?;
+        let i =
+            super::axis(a, rank).map_err(|e| crate::error::Error::Invalid(format!("axes: {e}")))?;
         ensure!(!mask[i], Invalid, "axes: axis {a} is repeated");
         mask[i] = true;
     }
@@ -206,7 +211,10 @@ fn reduce_infer(c: &InferCtx, kind: Kind) -> Result<Vec<ValueType>> {
     };
     let mask = reduced_mask(c.attrs, c.opset, kind, x.shape.len(), axes)?;
     let keep = c.attrs.int("keepdims", 1)? != 0;
-    one(ValueType::new(x.dtype, reduced_shape(&x.shape, &mask, keep)))
+    one(ValueType::new(
+        x.dtype,
+        reduced_shape(&x.shape, &mask, keep),
+    ))
 }
 
 fn reduce_eval(c: &EvalCtx, kind: Kind) -> Result<Vec<Tensor>> {
@@ -222,14 +230,22 @@ fn reduce_eval(c: &EvalCtx, kind: Kind) -> Result<Vec<Tensor>> {
 }
 
 /// Regroups `a` so that every reduced group is contiguous, then folds each.
-fn reduce_array<T: Elem>(a: &ArrayD<T>, mask: &[bool], kind: Kind, out: &[usize]) -> Result<Tensor> {
+fn reduce_array<T: Elem>(
+    a: &ArrayD<T>,
+    mask: &[bool],
+    kind: Kind,
+    out: &[usize],
+) -> Result<Tensor> {
     let rank = mask.len();
     let perm: Vec<usize> = (0..rank)
         .filter(|&i| !mask[i])
         .chain((0..rank).filter(|&i| mask[i]))
         .collect();
     let data = flat(&a.view().permuted_axes(IxDyn(&perm)).to_owned());
-    let group: usize = (0..rank).filter(|&i| mask[i]).map(|i| a.shape()[i]).product();
+    let group: usize = (0..rank)
+        .filter(|&i| mask[i])
+        .map(|i| a.shape()[i])
+        .product();
     let groups: usize = out.iter().product();
     let vals = (0..groups)
         .map(|g| fold(kind, &data[g * group..(g + 1) * group]))
@@ -264,7 +280,10 @@ fn fold_f64(kind: Kind, xs: impl Iterator<Item = f64> + Clone) -> f64 {
         Kind::LogSum => sum(|x| x).ln(),
         Kind::LogSumExp => {
             // Shifting by the largest finite value keeps exp in range.
-            let m = xs.clone().filter(|x| x.is_finite()).fold(f64::NEG_INFINITY, f64::max);
+            let m = xs
+                .clone()
+                .filter(|x| x.is_finite())
+                .fold(f64::NEG_INFINITY, f64::max);
             let m = if m.is_finite() { m } else { 0.0 };
             xs.map(|x| (x - m).exp()).sum::<f64>().ln() + m
         }
@@ -307,7 +326,10 @@ fn arg_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     let mut mask = vec![false; x.shape.len()];
     mask[ax] = true;
     let keep = c.attrs.int("keepdims", 1)? != 0;
-    one(ValueType::new(DType::I64, reduced_shape(&x.shape, &mask, keep)))
+    one(ValueType::new(
+        DType::I64,
+        reduced_shape(&x.shape, &mask, keep),
+    ))
 }
 
 fn arg_eval(c: &EvalCtx, max: bool) -> Result<Vec<Tensor>> {
@@ -323,9 +345,7 @@ fn arg_eval(c: &EvalCtx, max: bool) -> Result<Vec<Tensor>> {
 /// `last`, the last) occurrence and NaN wins over numbers, like numpy.
 fn arg_lanes<T: Elem>(a: &ArrayD<T>, lanes: Lanes, max: bool, last: bool) -> Vec<i64> {
     let data = flat(a);
-    let better = |x: T, b: T| {
-        (is_nan(x) && !is_nan(b)) || if max { x > b } else { x < b }
-    };
+    let better = |x: T, b: T| (is_nan(x) && !is_nan(b)) || if max { x > b } else { x < b };
     lanes
         .each()
         .map(|(o, i)| {
@@ -419,9 +439,9 @@ fn normalize<T: Elem>(a: &ArrayD<T>, lanes: Lanes, norm: Norm) -> Result<Tensor>
     Tensor::from_vec(a.shape(), y.into_iter().map(T::from_f64).collect())
 }
 
-// ------------------------------------------------------------------ CumSum
+// --------------------------------------------------------- CumSum, CumProd
 
-fn cumsum_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
+fn cumulative_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     let x = c.input(0)?;
     numeric(x)?;
     let ax = c.input(1)?;
@@ -436,22 +456,30 @@ fn cumsum_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     one(x.clone())
 }
 
-fn cumsum_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
+fn cumulative_eval(c: &EvalCtx, prod: bool) -> Result<Vec<Tensor>> {
     let x = c.input(0)?;
     let a = c.input(1)?.to_i64_vec()?;
     ensure!(a.len() == 1, Invalid, "axis must be a single integer");
     let lanes = Lanes::new(x.shape(), super::axis(a[0], x.rank())?, false);
     let exclusive = c.attrs.int("exclusive", 0)? != 0;
     let reverse = c.attrs.int("reverse", 0)? != 0;
-    let out = dispatch_num!(x, a => cumsum(a, lanes, exclusive, reverse)?,
+    let out = dispatch_num!(x, a => cumulative(a, lanes, prod, exclusive, reverse)?,
         o => bail!(Invalid, "input must be numeric, found {}", o.dtype()));
     Ok(vec![out])
 }
 
-fn cumsum<T: Elem>(a: &ArrayD<T>, lanes: Lanes, exclusive: bool, reverse: bool) -> Result<Tensor> {
+/// Running sums (or products) along each lane.
+fn cumulative<T: Elem>(
+    a: &ArrayD<T>,
+    lanes: Lanes,
+    prod: bool,
+    exclusive: bool,
+    reverse: bool,
+) -> Result<Tensor> {
     let x = flat(a);
     let mut y = vec![T::default(); x.len()];
     let float = T::DTYPE.is_float();
+    let unit = if prod { 1 } else { 0 };
     for (o, i) in lanes.each() {
         let mut idx: Vec<usize> = lanes.lane(o, i).collect();
         if reverse {
@@ -459,15 +487,31 @@ fn cumsum<T: Elem>(a: &ArrayD<T>, lanes: Lanes, exclusive: bool, reverse: bool) 
         }
         // Floats are rounded to T after every step, as numpy accumulates
         // in the element type; integers wrap.
-        let (mut fs, mut is) = (0.0f64, 0i128);
+        let (mut fa, mut ia) = (unit as f64, unit as i128);
         for k in idx {
-            let before = if float { T::from_f64(fs) } else { T::from_i128(is) };
-            if float {
-                fs = T::from_f64(fs + x[k].to_f64()).to_f64();
+            let before = if float {
+                T::from_f64(fa)
             } else {
-                is = is.wrapping_add(x[k].to_i128());
+                T::from_i128(ia)
+            };
+            if float {
+                let v = x[k].to_f64();
+                fa = T::from_f64(if prod { fa * v } else { fa + v }).to_f64();
+            } else {
+                let v = x[k].to_i128();
+                // Truncating to T each step keeps i128 products from overflowing.
+                ia = T::from_i128(if prod {
+                    ia.wrapping_mul(v)
+                } else {
+                    ia.wrapping_add(v)
+                })
+                .to_i128();
             }
-            let after = if float { T::from_f64(fs) } else { T::from_i128(is) };
+            let after = if float {
+                T::from_f64(fa)
+            } else {
+                T::from_i128(ia)
+            };
             y[k] = if exclusive { before } else { after };
         }
     }
@@ -477,13 +521,24 @@ fn cumsum<T: Elem>(a: &ArrayD<T>, lanes: Lanes, exclusive: bool, reverse: bool) 
 // -------------------------------------------------------------------- TopK
 
 /// K and the normalized axis of a TopK node over a tensor of `shape`.
-fn topk_params(attrs: &Attrs, opset: i64, shape: &[usize], k: Option<&Tensor>) -> Result<(usize, usize)> {
+fn topk_params(
+    attrs: &Attrs,
+    opset: i64,
+    shape: &[usize],
+    k: Option<&Tensor>,
+) -> Result<(usize, usize)> {
     let k = if opset < 10 {
         attrs.req_int("k")?
     } else {
-        let k = k.ok_or_else(|| crate::error::Error::Invalid("missing required input 1 (K)".into()))?;
+        let k =
+            k.ok_or_else(|| crate::error::Error::Invalid("missing required input 1 (K)".into()))?;
         let v = k.to_i64_vec()?;
-        ensure!(v.len() == 1, Invalid, "K must hold a single value, found shape {:?}", k.shape());
+        ensure!(
+            v.len() == 1,
+            Invalid,
+            "K must hold a single value, found shape {:?}",
+            k.shape()
+        );
         v[0]
     };
     ensure!(!shape.is_empty(), Invalid, "input must have rank >= 1");
@@ -500,7 +555,11 @@ fn topk_params(attrs: &Attrs, opset: i64, shape: &[usize], k: Option<&Tensor>) -
 fn topk_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     let x = c.input(0)?;
     numeric(x)?;
-    let k = if c.opset < 10 { None } else { Some(c.req_const(1, "K")?) };
+    let k = if c.opset < 10 {
+        None
+    } else {
+        Some(c.req_const(1, "K")?)
+    };
     let (k, ax) = topk_params(c.attrs, c.opset, &x.shape, k)?;
     let mut shape = x.shape.clone();
     shape[ax] = k;
@@ -534,7 +593,11 @@ fn topk<T: Elem>(a: &ArrayD<T>, lanes: Lanes, k: usize, largest: bool) -> (Vec<T
     for (o, i) in lanes.each() {
         let mut lane: Vec<(usize, T)> = lanes.lane(o, i).map(|p| x[p]).enumerate().collect();
         lane.sort_by(|(i1, v1), (i2, v2)| {
-            let by_value = if largest { cmp_nan_last(*v2, *v1) } else { cmp_nan_last(*v1, *v2) };
+            let by_value = if largest {
+                cmp_nan_last(*v2, *v1)
+            } else {
+                cmp_nan_last(*v1, *v2)
+            };
             by_value.then(i1.cmp(i2))
         });
         for ((j, v), p) in lane.into_iter().zip(out_lanes.lane(o, i)) {
@@ -571,8 +634,11 @@ pub fn register(t: &mut OpTable) {
     t.add("ArgMax", arg_infer, |c| arg_eval(c, true));
     t.add("ArgMin", arg_infer, |c| arg_eval(c, false));
     t.add("Softmax", softmax_infer, |c| softmax_eval(c, Norm::Softmax));
-    t.add("LogSoftmax", softmax_infer, |c| softmax_eval(c, Norm::LogSoftmax));
+    t.add("LogSoftmax", softmax_infer, |c| {
+        softmax_eval(c, Norm::LogSoftmax)
+    });
     t.add("Hardmax", softmax_infer, |c| softmax_eval(c, Norm::Hardmax));
-    t.add("CumSum", cumsum_infer, cumsum_eval);
+    t.add("CumSum", cumulative_infer, |c| cumulative_eval(c, false));
+    t.add("CumProd", cumulative_infer, |c| cumulative_eval(c, true));
     t.add("TopK", topk_infer, topk_eval);
 }

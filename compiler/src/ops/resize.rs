@@ -96,7 +96,10 @@ fn kernel(attrs: &Attrs, opset: i64) -> Result<Kernel> {
             "asymmetric" => Coord::Asymmetric,
             "tf_half_pixel_for_nn" => Coord::TfHalfPixelForNn,
             "tf_crop_and_resize" => Coord::TfCropAndResize,
-            m => bail!(Invalid, "attribute 'coordinate_transformation_mode': unknown value {m:?}"),
+            m => bail!(
+                Invalid,
+                "attribute 'coordinate_transformation_mode': unknown value {m:?}"
+            ),
         }
     };
     let antialias = attrs.int("antialias", 0)? != 0;
@@ -148,7 +151,11 @@ fn plan(attrs: &Attrs, opset: i64, op: &str, shape: &[usize], inp: Inputs) -> Re
                 .collect::<Result<Vec<_>>>()
                 .map_err(|e| Error::Invalid(format!("attribute 'axes': {e}")))?;
             for (i, x) in axes.iter().enumerate() {
-                ensure!(!axes[..i].contains(x), Invalid, "attribute 'axes': axis {x} is repeated");
+                ensure!(
+                    !axes[..i].contains(x),
+                    Invalid,
+                    "attribute 'axes': axis {x} is repeated"
+                );
             }
             axes
         }
@@ -160,22 +167,49 @@ fn plan(attrs: &Attrs, opset: i64, op: &str, shape: &[usize], inp: Inputs) -> Re
     match (given(inp.scales), given(inp.sizes)) {
         (Some(_), Some(_)) => bail!(Invalid, "only one of scales and sizes may be given"),
         (Some(s), None) => {
-            ensure!(s.dtype().is_float(), Invalid, "scales must be a float tensor, found {}", s.dtype());
+            ensure!(
+                s.dtype().is_float(),
+                Invalid,
+                "scales must be a float tensor, found {}",
+                s.dtype()
+            );
             let v = s.to_f64_vec();
-            ensure!(v.len() == n, Invalid, "scales has {} values, expected {n}", v.len());
+            ensure!(
+                v.len() == n,
+                Invalid,
+                "scales has {} values, expected {n}",
+                v.len()
+            );
             for (&d, &s) in axes.iter().zip(&v) {
-                ensure!(s > 0.0 && s.is_finite(), Invalid, "scales must be positive, found {s}");
+                ensure!(
+                    s > 0.0 && s.is_finite(),
+                    Invalid,
+                    "scales must be positive, found {s}"
+                );
                 scales[d] = s;
                 out[d] = (s * shape[d] as f64).floor() as usize;
             }
         }
         (None, Some(z)) => {
-            ensure!(op == "Resize" && opset >= 11, Invalid, "sizes is not an input of {op}-{opset}");
+            ensure!(
+                op == "Resize" && opset >= 11,
+                Invalid,
+                "sizes is not an input of {op}-{opset}"
+            );
             let v = z.to_i64_vec()?;
-            ensure!(v.len() == n, Invalid, "sizes has {} values, expected {n}", v.len());
+            ensure!(
+                v.len() == n,
+                Invalid,
+                "sizes has {} values, expected {n}",
+                v.len()
+            );
             for (&d, &z) in axes.iter().zip(&v) {
                 ensure!(z >= 0, Invalid, "sizes must not be negative, found {z}");
-                ensure!(shape[d] > 0, Invalid, "cannot resize axis {d} of length 0 to {z}");
+                ensure!(
+                    shape[d] > 0,
+                    Invalid,
+                    "cannot resize axis {d} of length 0 to {z}"
+                );
                 scales[d] = z as f64 / shape[d] as f64;
                 out[d] = z as usize;
             }
@@ -185,9 +219,20 @@ fn plan(attrs: &Attrs, opset: i64, op: &str, shape: &[usize], inp: Inputs) -> Re
     }
     let roi = match given(inp.roi) {
         Some(r) => {
-            ensure!(r.dtype().is_float(), Invalid, "roi must be a float tensor, found {}", r.dtype());
+            ensure!(
+                r.dtype().is_float(),
+                Invalid,
+                "roi must be a float tensor, found {}",
+                r.dtype()
+            );
             let v = r.to_f64_vec();
-            ensure!(v.len() == 2 * n, Invalid, "roi has {} values, expected {}", v.len(), 2 * n);
+            ensure!(
+                v.len() == 2 * n,
+                Invalid,
+                "roi has {} values, expected {}",
+                v.len(),
+                2 * n
+            );
             let mut full = vec![(0.0, 1.0); rank];
             for (i, &d) in axes.iter().enumerate() {
                 full[d] = (v[i], v[n + i]);
@@ -223,7 +268,10 @@ fn keep_aspect_ratio(
         "stretch" => return Ok(()),
         "not_larger" => pick.fold(f64::INFINITY, f64::min),
         "not_smaller" => pick.fold(f64::NEG_INFINITY, f64::max),
-        p => bail!(Invalid, "attribute 'keep_aspect_ratio_policy': unknown value {p:?}"),
+        p => bail!(
+            Invalid,
+            "attribute 'keep_aspect_ratio_policy': unknown value {p:?}"
+        ),
     };
     for &d in axes {
         scales[d] = scale;
@@ -255,7 +303,11 @@ fn attr_scales(attrs: &Attrs, op: &str, opset: i64) -> Result<Option<Tensor>> {
 
 fn resize_infer(c: &InferCtx, op: &str) -> Result<Vec<ValueType>> {
     let x = c.input(0)?;
-    ensure!(x.dtype != DType::Bool, Invalid, "input must be numeric, found bool");
+    ensure!(
+        x.dtype != DType::Bool,
+        Invalid,
+        "input must be numeric, found bool"
+    );
     kernel(c.attrs, c.opset)?;
     let attr = attr_scales(c.attrs, op, c.opset)?;
     let [roi, scales, sizes] = slots(op, c.opset);
@@ -263,7 +315,9 @@ fn resize_infer(c: &InferCtx, op: &str) -> Result<Vec<ValueType>> {
     let need = |slot: Option<usize>, what| slot.map_or(Ok(None), |i| c.const_input(i, what));
     let inp = Inputs {
         roi: roi.and_then(|i| c.consts.get(i).copied().flatten()),
-        scales: attr.as_ref().map_or_else(|| need(scales, "scales"), |a| Ok(Some(a)))?,
+        scales: attr
+            .as_ref()
+            .map_or_else(|| need(scales, "scales"), |a| Ok(Some(a)))?,
         sizes: need(sizes, "sizes")?,
     };
     let p = plan(c.attrs, c.opset, op, &x.shape, inp)?;
@@ -331,7 +385,10 @@ fn resize_axis(data: &[f64], shape: &[usize], axis: usize, taps: &[Tap]) -> Vec<
             for i in 0..inner {
                 out.push(match t {
                     Tap::Const(v) => *v,
-                    Tap::Sum(w) => w.iter().map(|&(j, c)| c * data[(o * n + j) * inner + i]).sum(),
+                    Tap::Sum(w) => w
+                        .iter()
+                        .map(|&(j, c)| c * data[(o * n + j) * inner + i])
+                        .sum(),
                 });
             }
         }
@@ -448,7 +505,11 @@ fn taps(
     roi: Option<(f64, f64)>,
     roi_dtype: Option<DType>,
 ) -> Result<Vec<Tap>> {
-    ensure!(in_w > 0 || out_w == 0, Invalid, "cannot resize an axis of length 0 to {out_w}");
+    ensure!(
+        in_w > 0 || out_w == 0,
+        Invalid,
+        "cannot resize an axis of length 0 to {out_w}"
+    );
     let roi = match (k.coord, roi) {
         (Coord::TfCropAndResize, None) => bail!(Invalid, "tf_crop_and_resize needs the roi input"),
         (_, r) => r.unwrap_or((0.0, 1.0)),
@@ -514,7 +575,10 @@ fn saturate<T: Elem>(_: &ArrayD<T>, shape: &[usize], data: Vec<f64>) -> Result<T
     } else {
         let bits = d.size_bytes() as u32 * 8;
         if d.is_signed() {
-            (-(2f64.powi(bits as i32 - 1)), 2f64.powi(bits as i32 - 1) - 1.0)
+            (
+                -(2f64.powi(bits as i32 - 1)),
+                2f64.powi(bits as i32 - 1) - 1.0,
+            )
         } else {
             (0.0, 2f64.powi(bits as i32) - 1.0)
         }
@@ -530,6 +594,14 @@ fn saturate<T: Elem>(_: &ArrayD<T>, shape: &[usize], data: Vec<f64>) -> Result<T
 }
 
 pub fn register(t: &mut OpTable) {
-    t.add("Resize", |c| resize_infer(c, "Resize"), |c| resize_eval(c, "Resize"));
-    t.add("Upsample", |c| resize_infer(c, "Upsample"), |c| resize_eval(c, "Upsample"));
+    t.add(
+        "Resize",
+        |c| resize_infer(c, "Resize"),
+        |c| resize_eval(c, "Resize"),
+    );
+    t.add(
+        "Upsample",
+        |c| resize_infer(c, "Upsample"),
+        |c| resize_eval(c, "Upsample"),
+    );
 }
