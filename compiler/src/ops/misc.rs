@@ -132,6 +132,11 @@ fn quant_param(
             v.iter().copied().next().unwrap_or(0.0),
         ));
     }
+    ensure!(
+        !shape.is_empty(),
+        Invalid,
+        "{what} must be a scalar for a scalar input"
+    );
     let ax = super::axis(axis, shape.len())?;
     if block <= 0 {
         ensure!(
@@ -541,7 +546,7 @@ fn conv_geom(attrs: &Attrs, x: &[usize], w: &[usize]) -> Result<ConvGeom> {
     );
     let group = group as usize;
     ensure!(
-        x[1] == w[1] * group && w[0].is_multiple_of(group),
+        w[1].checked_mul(group) == Some(x[1]) && w[0].is_multiple_of(group),
         Invalid,
         "input channels {} and weight {w:?} do not match group {group}",
         x[1]
@@ -960,4 +965,91 @@ pub fn register(t: &mut OpTable) {
     t.add("BlackmanWindow", window_infer, |c| {
         window_eval(c, Window::Blackman)
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ir::{Attr, Tensor};
+    use crate::ops::reduce::tests::{f32s, run};
+
+    #[test]
+    fn quantize_rounds_half_even_and_saturates() {
+        let x = f32s(&[4], &[0., 1.5, 2.5, -300.]);
+        let zp = Some(Tensor::scalar(128u8));
+        let y = run("QuantizeLinear", 13, &[], &[x, f32s(&[], &[1.]), zp]).unwrap();
+        assert_eq!(
+            y[0],
+            Tensor::from_vec::<u8>(&[4], vec![128, 130, 130, 0]).unwrap()
+        );
+    }
+
+    #[test]
+    fn dequantize_per_axis() {
+        let x = Some(Tensor::from_vec::<i8>(&[2, 2], vec![1, 2, 3, 4]).unwrap());
+        let zp = Some(Tensor::from_vec::<i8>(&[2], vec![0, 1]).unwrap());
+        let y = run(
+            "DequantizeLinear",
+            13,
+            &[("axis", Attr::Int(0))],
+            &[x, f32s(&[2], &[2., 0.5]), zp],
+        )
+        .unwrap();
+        assert_eq!(y[0].to_f64_vec(), vec![2., 4., 1., 1.5]);
+    }
+
+    #[test]
+    fn dynamic_quantize_covers_zero() {
+        let y = run("DynamicQuantizeLinear", 11, &[], &[f32s(&[2], &[0., 2.55])]).unwrap();
+        assert_eq!(y[0], Tensor::from_vec::<u8>(&[2], vec![0, 255]).unwrap());
+        assert_eq!(y[1], Tensor::scalar(0.01f32));
+        assert_eq!(y[2], Tensor::scalar(0u8));
+    }
+
+    #[test]
+    fn integer_matmul_and_conv() {
+        let a = Some(Tensor::from_vec::<u8>(&[1, 2], vec![3, 4]).unwrap());
+        let b = Some(Tensor::from_vec::<u8>(&[2, 1], vec![5, 6]).unwrap());
+        let za = Some(Tensor::scalar(1u8));
+        let y = run("MatMulInteger", 10, &[], &[a, b, za]).unwrap();
+        assert_eq!(
+            y[0],
+            Tensor::from_vec::<i32>(&[1, 1], vec![2 * 5 + 3 * 6]).unwrap()
+        );
+        let x = Some(Tensor::from_vec::<u8>(&[1, 1, 3], vec![1, 2, 3]).unwrap());
+        let w = Some(Tensor::from_vec::<u8>(&[1, 1, 2], vec![1, 1]).unwrap());
+        let pads = ("pads", Attr::Ints(vec![1, 0]));
+        let y = run("ConvInteger", 10, &[pads], &[x, w]).unwrap();
+        assert_eq!(
+            y[0],
+            Tensor::from_vec::<i32>(&[1, 1, 3], vec![1, 3, 5]).unwrap()
+        );
+    }
+
+    #[test]
+    fn determinants() {
+        let y = run(
+            "Det",
+            11,
+            &[],
+            &[f32s(&[2, 2, 2], &[1., 2., 3., 4., 1., 2., 2., 4.])],
+        )
+        .unwrap();
+        assert_eq!(y[0].to_f64_vec(), vec![-2., 0.]);
+    }
+
+    #[test]
+    fn hann_window() {
+        let n = Some(Tensor::scalar(4i64));
+        let y = run(
+            "HannWindow",
+            17,
+            &[("output_datatype", Attr::Int(11))],
+            &[n],
+        )
+        .unwrap();
+        let v = y[0].to_f64_vec();
+        for (a, b) in v.iter().zip([0., 0.5, 1., 0.5]) {
+            assert!((a - b).abs() < 1e-12, "{v:?}");
+        }
+    }
 }

@@ -642,3 +642,164 @@ pub fn register(t: &mut OpTable) {
     t.add("CumProd", cumulative_infer, |c| cumulative_eval(c, true));
     t.add("TopK", topk_infer, topk_eval);
 }
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::ir::Attr;
+
+    /// Infers and evaluates one node whose inputs are all known constants.
+    pub(in crate::ops) fn run(
+        op: &str,
+        opset: i64,
+        attrs: &[(&str, Attr)],
+        inputs: &[Option<Tensor>],
+    ) -> Result<Vec<Tensor>> {
+        let attrs = Attrs(
+            attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        );
+        let tys: Vec<Option<ValueType>> = inputs
+            .iter()
+            .map(|t| t.as_ref().map(ValueType::of))
+            .collect();
+        let ctx = InferCtx {
+            attrs: &attrs,
+            opset,
+            inputs: tys.iter().map(Option::as_ref).collect(),
+            consts: inputs.iter().map(Option::as_ref).collect(),
+            names: vec![None; inputs.len()],
+            num_outputs: 1,
+        };
+        let out = (crate::ops::lookup(op)?.infer)(&ctx)?;
+        crate::ops::eval(
+            op,
+            &attrs,
+            opset,
+            inputs.iter().map(Option::as_ref).collect(),
+            &out,
+        )
+    }
+
+    pub(in crate::ops) fn f32s(shape: &[usize], v: &[f32]) -> Option<Tensor> {
+        Some(Tensor::from_vec(shape, v.to_vec()).unwrap())
+    }
+
+    pub(in crate::ops) fn i64s(v: &[i64]) -> Option<Tensor> {
+        Some(Tensor::from_vec(&[v.len()], v.to_vec()).unwrap())
+    }
+
+    fn values(t: &Tensor) -> (Vec<usize>, Vec<f64>) {
+        (t.shape().to_vec(), t.to_f64_vec())
+    }
+
+    #[test]
+    fn axes_attribute_before_opset_13() {
+        let x = f32s(&[2, 2], &[1., 2., 3., 4.]);
+        let axes = ("axes", Attr::Ints(vec![1]));
+        let y = run("ReduceSum", 11, &[axes, ("keepdims", Attr::Int(0))], &[x]).unwrap();
+        assert_eq!(values(&y[0]), (vec![2], vec![3., 7.]));
+    }
+
+    #[test]
+    fn axes_input_and_noop() {
+        let x = f32s(&[2, 2], &[1., -2., 3., 4.]);
+        let y = run("ReduceSum", 13, &[], &[x.clone(), i64s(&[-2])]).unwrap();
+        assert_eq!(values(&y[0]), (vec![1, 2], vec![4., 2.]));
+        let noop = [("noop_with_empty_axes", Attr::Int(1))];
+        let y = run("ReduceL1", 18, &noop, &[x.clone(), i64s(&[])]).unwrap();
+        assert_eq!(values(&y[0]), (vec![2, 2], vec![1., 2., 3., 4.]));
+        assert!(run("ReduceMax", 18, &[], &[x, i64s(&[0, -2])]).is_err());
+    }
+
+    #[test]
+    fn empty_reductions() {
+        let x = f32s(&[0, 3], &[]);
+        let red = |op| run(op, 13, &[("axes", Attr::Ints(vec![0]))], &[x.clone()]).unwrap();
+        assert_eq!(red("ReduceMax")[0].to_f64_vec(), vec![f64::NEG_INFINITY; 3]);
+        assert_eq!(red("ReduceProd")[0].to_f64_vec(), vec![1.; 3]);
+        assert_eq!(
+            red("ReduceLogSumExp")[0].to_f64_vec(),
+            vec![f64::NEG_INFINITY; 3]
+        );
+        let i = Some(Tensor::from_vec::<i8>(&[0], vec![]).unwrap());
+        let y = run("ReduceMin", 18, &[("keepdims", Attr::Int(0))], &[i]).unwrap();
+        assert_eq!(y[0], Tensor::scalar(127i8));
+    }
+
+    #[test]
+    fn integer_mean_truncates_and_sum_wraps() {
+        let x = Some(Tensor::from_vec::<u8>(&[3], vec![200, 100, 1]).unwrap());
+        let y = run(
+            "ReduceMean",
+            18,
+            &[("keepdims", Attr::Int(0))],
+            &[x.clone()],
+        )
+        .unwrap();
+        assert_eq!(y[0], Tensor::scalar(15u8)); // (301 mod 256) / 3
+        let y = run("ReduceSum", 18, &[("keepdims", Attr::Int(0))], &[x]).unwrap();
+        assert_eq!(y[0], Tensor::scalar(45u8));
+    }
+
+    #[test]
+    fn argmax_ties() {
+        let x = f32s(&[4], &[1., 3., 3., 0.]);
+        let y = run("ArgMax", 13, &[], &[x.clone()]).unwrap();
+        assert_eq!(y[0].to_f64_vec(), vec![1.]);
+        let y = run(
+            "ArgMax",
+            13,
+            &[("select_last_index", Attr::Int(1))],
+            &[x.clone()],
+        )
+        .unwrap();
+        assert_eq!(y[0].to_f64_vec(), vec![2.]);
+        let y = run("ArgMin", 13, &[("keepdims", Attr::Int(0))], &[x]).unwrap();
+        assert_eq!(y[0], Tensor::scalar(3i64));
+    }
+
+    #[test]
+    fn softmax_coerces_to_2d_before_opset_13() {
+        let x = f32s(&[1, 2, 2], &[0.; 4]);
+        let old = run("Softmax", 11, &[], &[x.clone()]).unwrap();
+        assert_eq!(old[0].to_f64_vec(), vec![0.25; 4]);
+        let new = run("Softmax", 13, &[("axis", Attr::Int(1))], &[x]).unwrap();
+        assert_eq!(new[0].to_f64_vec(), vec![0.5; 4]);
+        let x = f32s(&[2, 2], &[1., 1., 0., 2.]);
+        let h = run("Hardmax", 13, &[], &[x]).unwrap();
+        assert_eq!(h[0].to_f64_vec(), vec![1., 0., 0., 1.]);
+    }
+
+    #[test]
+    fn cumulative_variants() {
+        let x = f32s(&[3], &[1., 2., 3.]);
+        let axis = Some(Tensor::scalar(0i32));
+        let flags = [("exclusive", Attr::Int(1)), ("reverse", Attr::Int(1))];
+        let y = run("CumSum", 14, &flags, &[x.clone(), axis.clone()]).unwrap();
+        assert_eq!(y[0].to_f64_vec(), vec![5., 3., 0.]);
+        let y = run("CumProd", 26, &[("exclusive", Attr::Int(1))], &[x, axis]).unwrap();
+        assert_eq!(y[0].to_f64_vec(), vec![1., 1., 2.]);
+    }
+
+    #[test]
+    fn topk_breaks_ties_by_index() {
+        let x = f32s(&[4], &[1., 3., 3., 2.]);
+        let y = run("TopK", 11, &[], &[x.clone(), i64s(&[2])]).unwrap();
+        assert_eq!(y[0].to_f64_vec(), vec![3., 3.]);
+        assert_eq!(y[1].to_f64_vec(), vec![1., 2.]);
+        let y = run(
+            "TopK",
+            11,
+            &[("largest", Attr::Int(0))],
+            &[x.clone(), i64s(&[2])],
+        )
+        .unwrap();
+        assert_eq!(y[1].to_f64_vec(), vec![0., 3.]);
+        let y = run("TopK", 9, &[("k", Attr::Int(1))], &[x.clone()]).unwrap();
+        assert_eq!(y[1].to_f64_vec(), vec![1.]);
+        assert!(run("TopK", 11, &[], &[x, i64s(&[5])]).is_err());
+    }
+}
