@@ -10,5 +10,6 @@ pub mod interp;
 pub mod io;
 pub mod ir;
 pub mod ops;
+pub mod random;
 
 pub use error::{Error, Result};

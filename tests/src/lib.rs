@@ -2,3 +2,4 @@
 //! node-test runner and the benchmark/test models built in code.
 
 pub mod conformance;
+pub mod models;

@@ -1,6 +1,9 @@
 //! Project tasks: `cargo xtask ci | conformance | models | check-ort`.
 
+mod check_ort;
+mod ci;
 mod conformance;
+mod models;
 mod venv;
 
 use clap::Parser;
@@ -8,12 +11,23 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(name = "xtask")]
 enum Task {
+    /// Formatting, clippy, all tests, the conformance floor and the
+    /// onnxruntime comparison: what `.ci/run` runs.
+    Ci(ci::Args),
     /// Run the ONNX backend node tests through the interpreter.
     Conformance(conformance::Args),
+    /// Write the test models (ResNet-50, MobileNetV2, BERT-base, MLP,
+    /// conv_relu) to target/models/.
+    Models(models::Args),
+    /// Compare `cpucc run` with onnxruntime on every test model.
+    CheckOrt(check_ort::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Task::parse() {
+        Task::Ci(a) => ci::main(a),
         Task::Conformance(a) => conformance::main(a),
+        Task::Models(a) => models::main(a),
+        Task::CheckOrt(a) => check_ort::main(a),
     }
 }

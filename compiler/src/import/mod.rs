@@ -66,3 +66,10 @@ fn prefix_file(e: Error, path: &Path) -> Error {
         other => other,
     }
 }
+
+/// The names of a model's runtime inputs, in order, without building the
+/// graph (to bind `--input FILE` arguments by position).
+pub fn input_names(path: &Path) -> Result<Vec<String>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    onnx::input_names(&bytes).map_err(|e| prefix_file(e, path))
+}

@@ -5,10 +5,12 @@ mod attr;
 mod dtype;
 mod graph;
 mod printer;
+mod stats;
 mod tensor;
 
 pub use attr::{Attr, Attrs};
 pub use dtype::DType;
 pub use graph::{Graph, Layout, Node, Value, ValueId, ValueType};
 pub use printer::print;
+pub use stats::{Stats, stats};
 pub use tensor::{Elem, Tensor};

@@ -145,8 +145,7 @@ impl Builder<'_> {
                     ensure!(
                         dims.len() == s.len(),
                         Invalid,
-                        "--shape {name}: rank {} given, the model declares rank {}",
-                        s.len(),
+                        "input '{name}': shape {s:?} given, but the model declares rank {}",
                         dims.len()
                     );
                     for (i, (d, &g)) in dims.iter().zip(s).enumerate() {
@@ -154,7 +153,7 @@ impl Builder<'_> {
                             ensure!(
                                 *d == g,
                                 Invalid,
-                                "--shape {name}: dimension {i} is {g}, the model fixes it to {d}"
+                                "input '{name}': shape {s:?} given, but the model fixes dimension {i} to {d}"
                             );
                         }
                     }
@@ -470,4 +469,17 @@ fn constant_value(attrs: &Attrs) -> Result<Tensor> {
             a.kind()
         ),
     })
+}
+
+pub fn input_names(bytes: &[u8]) -> Result<Vec<String>> {
+    let model = ModelProto::decode(bytes)
+        .map_err(|e| Error::Invalid(format!("not an ONNX model (protobuf decode failed: {e})")))?;
+    let g = model.graph.unwrap_or_default();
+    let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name()).collect();
+    Ok(g.input
+        .iter()
+        .map(|v| v.name())
+        .filter(|n| !inits.contains(n))
+        .map(str::to_string)
+        .collect())
 }

@@ -4,7 +4,7 @@
 mod graph;
 mod tensor;
 
-pub use graph::load_bytes;
+pub use graph::{input_names, load_bytes};
 pub use tensor::{tensor_from_proto, tensor_to_proto};
 
 /// The protobuf messages of `onnx.proto`, as prost generates them.
