@@ -1,5 +1,5 @@
 //! Reductions and ops that work along one axis: the Reduce* family,
-//! ArgMax/ArgMin, Softmax/LogSoftmax/Hardmax, CumSum and TopK.
+//! ArgMax/ArgMin, Softmax/LogSoftmax/Hardmax, CumSum/CumProd and TopK.
 //!
 //! Float math runs in f64 and is rounded once to the element type; integer
 //! sums and products wrap like numpy's (they are computed in i128 and
@@ -439,9 +439,9 @@ fn normalize<T: Elem>(a: &ArrayD<T>, lanes: Lanes, norm: Norm) -> Result<Tensor>
     Tensor::from_vec(a.shape(), y.into_iter().map(T::from_f64).collect())
 }
 
-// ------------------------------------------------------------------ CumSum
+// --------------------------------------------------------- CumSum, CumProd
 
-fn cumsum_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
+fn cumulative_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     let x = c.input(0)?;
     numeric(x)?;
     let ax = c.input(1)?;
@@ -456,22 +456,30 @@ fn cumsum_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     one(x.clone())
 }
 
-fn cumsum_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
+fn cumulative_eval(c: &EvalCtx, prod: bool) -> Result<Vec<Tensor>> {
     let x = c.input(0)?;
     let a = c.input(1)?.to_i64_vec()?;
     ensure!(a.len() == 1, Invalid, "axis must be a single integer");
     let lanes = Lanes::new(x.shape(), super::axis(a[0], x.rank())?, false);
     let exclusive = c.attrs.int("exclusive", 0)? != 0;
     let reverse = c.attrs.int("reverse", 0)? != 0;
-    let out = dispatch_num!(x, a => cumsum(a, lanes, exclusive, reverse)?,
+    let out = dispatch_num!(x, a => cumulative(a, lanes, prod, exclusive, reverse)?,
         o => bail!(Invalid, "input must be numeric, found {}", o.dtype()));
     Ok(vec![out])
 }
 
-fn cumsum<T: Elem>(a: &ArrayD<T>, lanes: Lanes, exclusive: bool, reverse: bool) -> Result<Tensor> {
+/// Running sums (or products) along each lane.
+fn cumulative<T: Elem>(
+    a: &ArrayD<T>,
+    lanes: Lanes,
+    prod: bool,
+    exclusive: bool,
+    reverse: bool,
+) -> Result<Tensor> {
     let x = flat(a);
     let mut y = vec![T::default(); x.len()];
     let float = T::DTYPE.is_float();
+    let unit = if prod { 1 } else { 0 };
     for (o, i) in lanes.each() {
         let mut idx: Vec<usize> = lanes.lane(o, i).collect();
         if reverse {
@@ -479,22 +487,30 @@ fn cumsum<T: Elem>(a: &ArrayD<T>, lanes: Lanes, exclusive: bool, reverse: bool) 
         }
         // Floats are rounded to T after every step, as numpy accumulates
         // in the element type; integers wrap.
-        let (mut fs, mut is) = (0.0f64, 0i128);
+        let (mut fa, mut ia) = (unit as f64, unit as i128);
         for k in idx {
             let before = if float {
-                T::from_f64(fs)
+                T::from_f64(fa)
             } else {
-                T::from_i128(is)
+                T::from_i128(ia)
             };
             if float {
-                fs = T::from_f64(fs + x[k].to_f64()).to_f64();
+                let v = x[k].to_f64();
+                fa = T::from_f64(if prod { fa * v } else { fa + v }).to_f64();
             } else {
-                is = is.wrapping_add(x[k].to_i128());
+                let v = x[k].to_i128();
+                // Truncating to T each step keeps i128 products from overflowing.
+                ia = T::from_i128(if prod {
+                    ia.wrapping_mul(v)
+                } else {
+                    ia.wrapping_add(v)
+                })
+                .to_i128();
             }
             let after = if float {
-                T::from_f64(fs)
+                T::from_f64(fa)
             } else {
-                T::from_i128(is)
+                T::from_i128(ia)
             };
             y[k] = if exclusive { before } else { after };
         }
@@ -622,6 +638,168 @@ pub fn register(t: &mut OpTable) {
         softmax_eval(c, Norm::LogSoftmax)
     });
     t.add("Hardmax", softmax_infer, |c| softmax_eval(c, Norm::Hardmax));
-    t.add("CumSum", cumsum_infer, cumsum_eval);
+    t.add("CumSum", cumulative_infer, |c| cumulative_eval(c, false));
+    t.add("CumProd", cumulative_infer, |c| cumulative_eval(c, true));
     t.add("TopK", topk_infer, topk_eval);
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::ir::Attr;
+
+    /// Infers and evaluates one node whose inputs are all known constants.
+    pub(in crate::ops) fn run(
+        op: &str,
+        opset: i64,
+        attrs: &[(&str, Attr)],
+        inputs: &[Option<Tensor>],
+    ) -> Result<Vec<Tensor>> {
+        let attrs = Attrs(
+            attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        );
+        let tys: Vec<Option<ValueType>> = inputs
+            .iter()
+            .map(|t| t.as_ref().map(ValueType::of))
+            .collect();
+        let ctx = InferCtx {
+            attrs: &attrs,
+            opset,
+            inputs: tys.iter().map(Option::as_ref).collect(),
+            consts: inputs.iter().map(Option::as_ref).collect(),
+            names: vec![None; inputs.len()],
+            num_outputs: 1,
+        };
+        let out = (crate::ops::lookup(op)?.infer)(&ctx)?;
+        crate::ops::eval(
+            op,
+            &attrs,
+            opset,
+            inputs.iter().map(Option::as_ref).collect(),
+            &out,
+        )
+    }
+
+    pub(in crate::ops) fn f32s(shape: &[usize], v: &[f32]) -> Option<Tensor> {
+        Some(Tensor::from_vec(shape, v.to_vec()).unwrap())
+    }
+
+    pub(in crate::ops) fn i64s(v: &[i64]) -> Option<Tensor> {
+        Some(Tensor::from_vec(&[v.len()], v.to_vec()).unwrap())
+    }
+
+    fn values(t: &Tensor) -> (Vec<usize>, Vec<f64>) {
+        (t.shape().to_vec(), t.to_f64_vec())
+    }
+
+    #[test]
+    fn axes_attribute_before_opset_13() {
+        let x = f32s(&[2, 2], &[1., 2., 3., 4.]);
+        let axes = ("axes", Attr::Ints(vec![1]));
+        let y = run("ReduceSum", 11, &[axes, ("keepdims", Attr::Int(0))], &[x]).unwrap();
+        assert_eq!(values(&y[0]), (vec![2], vec![3., 7.]));
+    }
+
+    #[test]
+    fn axes_input_and_noop() {
+        let x = f32s(&[2, 2], &[1., -2., 3., 4.]);
+        let y = run("ReduceSum", 13, &[], &[x.clone(), i64s(&[-2])]).unwrap();
+        assert_eq!(values(&y[0]), (vec![1, 2], vec![4., 2.]));
+        let noop = [("noop_with_empty_axes", Attr::Int(1))];
+        let y = run("ReduceL1", 18, &noop, &[x.clone(), i64s(&[])]).unwrap();
+        assert_eq!(values(&y[0]), (vec![2, 2], vec![1., 2., 3., 4.]));
+        assert!(run("ReduceMax", 18, &[], &[x, i64s(&[0, -2])]).is_err());
+    }
+
+    #[test]
+    fn empty_reductions() {
+        let x = f32s(&[0, 3], &[]);
+        let red = |op| run(op, 13, &[("axes", Attr::Ints(vec![0]))], &[x.clone()]).unwrap();
+        assert_eq!(red("ReduceMax")[0].to_f64_vec(), vec![f64::NEG_INFINITY; 3]);
+        assert_eq!(red("ReduceProd")[0].to_f64_vec(), vec![1.; 3]);
+        assert_eq!(
+            red("ReduceLogSumExp")[0].to_f64_vec(),
+            vec![f64::NEG_INFINITY; 3]
+        );
+        let i = Some(Tensor::from_vec::<i8>(&[0], vec![]).unwrap());
+        let y = run("ReduceMin", 18, &[("keepdims", Attr::Int(0))], &[i]).unwrap();
+        assert_eq!(y[0], Tensor::scalar(127i8));
+    }
+
+    #[test]
+    fn integer_mean_truncates_and_sum_wraps() {
+        let x = Some(Tensor::from_vec::<u8>(&[3], vec![200, 100, 1]).unwrap());
+        let y = run(
+            "ReduceMean",
+            18,
+            &[("keepdims", Attr::Int(0))],
+            &[x.clone()],
+        )
+        .unwrap();
+        assert_eq!(y[0], Tensor::scalar(15u8)); // (301 mod 256) / 3
+        let y = run("ReduceSum", 18, &[("keepdims", Attr::Int(0))], &[x]).unwrap();
+        assert_eq!(y[0], Tensor::scalar(45u8));
+    }
+
+    #[test]
+    fn argmax_ties() {
+        let x = f32s(&[4], &[1., 3., 3., 0.]);
+        let y = run("ArgMax", 13, &[], &[x.clone()]).unwrap();
+        assert_eq!(y[0].to_f64_vec(), vec![1.]);
+        let y = run(
+            "ArgMax",
+            13,
+            &[("select_last_index", Attr::Int(1))],
+            &[x.clone()],
+        )
+        .unwrap();
+        assert_eq!(y[0].to_f64_vec(), vec![2.]);
+        let y = run("ArgMin", 13, &[("keepdims", Attr::Int(0))], &[x]).unwrap();
+        assert_eq!(y[0], Tensor::scalar(3i64));
+    }
+
+    #[test]
+    fn softmax_coerces_to_2d_before_opset_13() {
+        let x = f32s(&[1, 2, 2], &[0.; 4]);
+        let old = run("Softmax", 11, &[], &[x.clone()]).unwrap();
+        assert_eq!(old[0].to_f64_vec(), vec![0.25; 4]);
+        let new = run("Softmax", 13, &[("axis", Attr::Int(1))], &[x]).unwrap();
+        assert_eq!(new[0].to_f64_vec(), vec![0.5; 4]);
+        let x = f32s(&[2, 2], &[1., 1., 0., 2.]);
+        let h = run("Hardmax", 13, &[], &[x]).unwrap();
+        assert_eq!(h[0].to_f64_vec(), vec![1., 0., 0., 1.]);
+    }
+
+    #[test]
+    fn cumulative_variants() {
+        let x = f32s(&[3], &[1., 2., 3.]);
+        let axis = Some(Tensor::scalar(0i32));
+        let flags = [("exclusive", Attr::Int(1)), ("reverse", Attr::Int(1))];
+        let y = run("CumSum", 14, &flags, &[x.clone(), axis.clone()]).unwrap();
+        assert_eq!(y[0].to_f64_vec(), vec![5., 3., 0.]);
+        let y = run("CumProd", 26, &[("exclusive", Attr::Int(1))], &[x, axis]).unwrap();
+        assert_eq!(y[0].to_f64_vec(), vec![1., 1., 2.]);
+    }
+
+    #[test]
+    fn topk_breaks_ties_by_index() {
+        let x = f32s(&[4], &[1., 3., 3., 2.]);
+        let y = run("TopK", 11, &[], &[x.clone(), i64s(&[2])]).unwrap();
+        assert_eq!(y[0].to_f64_vec(), vec![3., 3.]);
+        assert_eq!(y[1].to_f64_vec(), vec![1., 2.]);
+        let y = run(
+            "TopK",
+            11,
+            &[("largest", Attr::Int(0))],
+            &[x.clone(), i64s(&[2])],
+        )
+        .unwrap();
+        assert_eq!(y[1].to_f64_vec(), vec![0., 3.]);
+        let y = run("TopK", 9, &[("k", Attr::Int(1))], &[x.clone()]).unwrap();
+        assert_eq!(y[1].to_f64_vec(), vec![1.]);
+        assert!(run("TopK", 11, &[], &[x, i64s(&[5])]).is_err());
+    }
 }

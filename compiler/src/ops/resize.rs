@@ -605,3 +605,79 @@ pub fn register(t: &mut OpTable) {
         |c| resize_eval(c, "Upsample"),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::ir::{Attr, Tensor};
+    use crate::ops::reduce::tests::{f32s, i64s, run};
+
+    fn mode(m: &str) -> (&'static str, Attr) {
+        ("mode", Attr::String(m.into()))
+    }
+
+    #[test]
+    fn half_pixel_linear_clamps_at_edges() {
+        let x = f32s(&[2], &[1., 2.]);
+        let y = run(
+            "Resize",
+            13,
+            &[mode("linear")],
+            &[x, None, None, i64s(&[4])],
+        )
+        .unwrap();
+        assert_eq!(y[0].to_f64_vec(), vec![1., 1.25, 1.75, 2.]);
+    }
+
+    #[test]
+    fn integers_round_half_to_even() {
+        let x = Some(Tensor::from_vec::<u8>(&[2], vec![0, 1]).unwrap());
+        let y = run(
+            "Resize",
+            13,
+            &[mode("linear")],
+            &[x, None, None, i64s(&[4])],
+        )
+        .unwrap();
+        assert_eq!(
+            y[0],
+            Tensor::from_vec::<u8>(&[4], vec![0, 0, 1, 1]).unwrap()
+        );
+    }
+
+    #[test]
+    fn legacy_nearest_floors_up_and_ceils_down() {
+        let x = f32s(&[1, 1, 2, 2], &[1., 2., 3., 4.]);
+        let s = f32s(&[4], &[1., 1., 2., 2.]);
+        let y = run("Upsample", 9, &[], &[x, s]).unwrap();
+        assert_eq!(y[0].shape(), &[1, 1, 4, 4]);
+        assert_eq!(&y[0].to_f64_vec()[..8], &[1., 1., 2., 2., 1., 1., 2., 2.]);
+        let x = f32s(&[4], &[1., 2., 3., 4.]);
+        let y = run("Resize", 10, &[], &[x, f32s(&[1], &[0.6])]).unwrap();
+        assert_eq!(y[0].to_f64_vec(), vec![1., 3.]);
+    }
+
+    #[test]
+    fn legacy_linear_is_asymmetric() {
+        let x = f32s(&[3], &[1., 2., 3.]);
+        let scales = ("scales", Attr::Floats(vec![2.]));
+        let y = run("Upsample", 7, &[mode("linear"), scales], &[x]).unwrap();
+        assert_eq!(y[0].to_f64_vec(), vec![1., 1.5, 2., 2.5, 3., 3.]);
+    }
+
+    #[test]
+    fn rejects_bad_inputs() {
+        let x = f32s(&[2], &[1., 2.]);
+        let both = [x.clone(), None, f32s(&[1], &[2.]), i64s(&[4])];
+        assert!(run("Resize", 13, &[], &both).is_err());
+        assert!(run("Resize", 13, &[], &[x.clone(), None, f32s(&[2], &[2., 2.])]).is_err());
+        assert!(
+            run(
+                "Resize",
+                13,
+                &[mode("bicubic")],
+                &[x, None, f32s(&[1], &[2.])]
+            )
+            .is_err()
+        );
+    }
+}
