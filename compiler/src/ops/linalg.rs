@@ -482,7 +482,7 @@ fn parse_equation(eq: &str, shapes: &[&[usize]]) -> Result<Equation> {
             } else if d != 1 && d != *e {
                 bail!(
                     Invalid,
-                    "label {} has size {d} in input {i} but {} elsewhere",
+                    "label {} has incompatible sizes {} and {d} (input {i})",
                     label_name(l),
                     *e
                 );
