@@ -430,7 +430,9 @@ fn conv_integer_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
             t.dtype
         );
     }
-    for (i, of) in [(2, x), (3, w)] {
+    // x's zero point is per tensor, w's per tensor or per output channel.
+    let m = w.shape.first().copied().unwrap_or(1);
+    for (i, of, per_channel) in [(2, x, false), (3, w, true)] {
         if c.has(i) {
             let z = c.input(i)?;
             ensure!(
@@ -439,6 +441,18 @@ fn conv_integer_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
                 "zero point {i} dtype {} differs from its input's {}",
                 z.dtype,
                 of.dtype
+            );
+            let ok = z.shape.len() <= 1 && (z.numel() == 1 || (per_channel && z.numel() == m));
+            ensure!(
+                ok,
+                Invalid,
+                "zero point {i} must be a scalar{}, found shape {:?}",
+                if per_channel {
+                    format!(" or have {m} values")
+                } else {
+                    String::new()
+                },
+                z.shape
             );
         }
     }
@@ -461,29 +475,16 @@ fn widen(t: &Tensor) -> Result<ArrayD<i32>> {
 fn conv_integer_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     let mut x = widen(c.input(0)?)?;
     let mut w = widen(c.input(1)?)?;
+    // Inference checked the zero points' sizes: x's has one value, w's one
+    // or one per output channel.
     if let Some(z) = c.opt(2) {
-        ensure!(
-            z.len() == 1,
-            Invalid,
-            "x_zero_point must be a scalar, found shape {:?}",
-            z.shape()
-        );
         let z = widen(z)?.iter().copied().next().unwrap_or(0);
         x.mapv_inplace(|v| v - z);
     }
     if let Some(z) = c.opt(3) {
-        let z = widen(z)?;
-        let m = w.shape()[0];
-        ensure!(
-            z.len() == 1 || z.len() == m,
-            Invalid,
-            "w_zero_point must be a scalar or have {m} values, found shape {:?}",
-            z.shape()
-        );
-        // Per output channel: channel i's filters all shift by z[i].
-        let zs: Vec<i32> = z.iter().copied().collect();
+        let zs: Vec<i32> = widen(z)?.iter().copied().collect();
         for (i, mut f) in w.outer_iter_mut().enumerate() {
-            let zi = zs[if zs.len() == 1 { 0 } else { i }];
+            let zi = zs.get(i).or(zs.first()).copied().unwrap_or(0);
             f.mapv_inplace(|v| v - zi);
         }
     }

@@ -12,7 +12,7 @@ use super::elementwise::Arith;
 use super::{EvalCtx, InferCtx, OpTable, broadcast, one};
 use crate::dispatch_num;
 use crate::error::{Error, Result};
-use crate::ir::{DType, Elem, Tensor, ValueType};
+use crate::ir::{Attrs, DType, Elem, Tensor, ValueType};
 
 /// Numeric element types with a 2-D matrix product. f16/bf16 multiply in
 /// f32 (as numpy's matmul and the ONNX reference do) and round once.
@@ -384,7 +384,6 @@ const ELLIPSIS: u32 = 256;
 
 /// A parsed equation: per operand and for the output, one label per
 /// dimension (letters as their code, ellipsis dimensions from `ELLIPSIS`).
-#[derive(Debug, PartialEq)]
 struct Equation {
     inputs: Vec<Vec<u32>>,
     output: Vec<u32>,
@@ -482,7 +481,7 @@ fn parse_equation(eq: &str, shapes: &[&[usize]]) -> Result<Equation> {
             } else if d != 1 && d != *e {
                 bail!(
                     Invalid,
-                    "label {} has size {d} in input {i} but {} elsewhere",
+                    "label {} has incompatible sizes {} and {d} (input {i})",
                     label_name(l),
                     *e
                 );
@@ -724,8 +723,8 @@ fn einsum<T: Dot>(eq: &Equation, arrays: &[&ArrayD<T>], out_shape: &[usize]) -> 
     Ok(v.as_standard_layout().into_owned())
 }
 
-fn einsum_parse(c_attrs: &crate::ir::Attrs, shapes: &[&[usize]]) -> Result<Equation> {
-    let eq = c_attrs
+fn einsum_parse(attrs: &Attrs, shapes: &[&[usize]]) -> Result<Equation> {
+    let eq = attrs
         .string_opt("equation")?
         .ok_or_else(|| Error::Invalid("missing required attribute 'equation'".into()))?;
     parse_equation(eq, shapes)

@@ -8,7 +8,7 @@ use ndarray::{ArrayD, Axis, IxDyn, Zip};
 
 use super::{EvalCtx, InferCtx, OpTable, axis, broadcast, one};
 use crate::error::{Error, Result};
-use crate::ir::{DType, Tensor, ValueType};
+use crate::ir::{Attrs, DType, Tensor, ValueType};
 
 fn float_input<'a>(c: &InferCtx<'a>, i: usize, what: &str) -> Result<&'a ValueType> {
     let t = c.input(i)?;
@@ -170,7 +170,7 @@ fn batch_norm_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
 
 /// Before opset 9, spatial=0 gives every feature (C x D1 x ...) its own
 /// statistics instead of every channel.
-fn per_feature(opset: i64, attrs: &crate::ir::Attrs) -> Result<bool> {
+fn per_feature(opset: i64, attrs: &Attrs) -> Result<bool> {
     Ok(opset < 9 && attrs.int("spatial", 1)? == 0)
 }
 
@@ -200,12 +200,12 @@ fn batch_norm_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 // ------------------------------------------------ Layer and RMS normalization
 
 /// The first normalized axis (`axis` attribute, default -1).
-fn suffix_axis(c_attrs: &crate::ir::Attrs, rank: usize) -> Result<usize> {
+fn suffix_axis(attrs: &Attrs, rank: usize) -> Result<usize> {
     ensure!(rank >= 1, Invalid, "X must have rank >= 1");
-    axis(c_attrs.int("axis", -1)?, rank)
+    axis(attrs.int("axis", -1)?, rank)
 }
 
-fn stash_dtype(attrs: &crate::ir::Attrs) -> Result<DType> {
+fn stash_dtype(attrs: &Attrs) -> Result<DType> {
     let code = attrs.int("stash_type", 1)?;
     match DType::from_onnx(code as i32) {
         Some(d) if d.is_float() => Ok(d),
@@ -328,7 +328,7 @@ fn instance_norm_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     Ok(vec![Tensor::F64(y).cast(x.dtype())])
 }
 
-fn num_groups(attrs: &crate::ir::Attrs, chans: usize) -> Result<usize> {
+fn num_groups(attrs: &Attrs, chans: usize) -> Result<usize> {
     let g = attrs.req_int("num_groups")?;
     ensure!(
         g >= 1 && chans.is_multiple_of(g as usize),
@@ -433,7 +433,7 @@ fn lrn_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 
 // ------------------------------------------- MeanVariance and Lp normalization
 
-fn mvn_axes(attrs: &crate::ir::Attrs, rank: usize) -> Result<Vec<usize>> {
+fn mvn_axes(attrs: &Attrs, rank: usize) -> Result<Vec<usize>> {
     let raw = attrs
         .ints_opt("axes")?
         .map_or(vec![0, 2, 3], <[i64]>::to_vec);
@@ -466,7 +466,7 @@ fn mvn_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
     Ok(vec![Tensor::F64(y).cast(x.dtype())])
 }
 
-fn lp_norm_params(attrs: &crate::ir::Attrs, rank: usize) -> Result<(usize, i64)> {
+fn lp_norm_params(attrs: &Attrs, rank: usize) -> Result<(usize, i64)> {
     let p = attrs.int("p", 2)?;
     ensure!(
         p == 1 || p == 2,
