@@ -1,6 +1,6 @@
 //! Quantization (QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear,
-//! MatMulInteger, ConvInteger, QLinearMatMul, QLinearConv), Det and the
-//! window generators (Hann, Hamming, Blackman).
+//! QLinearMatMul, QLinearConv) and the window generators (Hann, Hamming,
+//! Blackman). MatMulInteger, ConvInteger and Det live in linalg/conv.
 //!
 //! Integer matmul and convolution run in f64 through ndarray's `dot`: the
 //! products and sums of 8-bit values are exact there, and it is fast.
@@ -425,24 +425,6 @@ fn centered(x: &Tensor, zp: Option<&Tensor>, per_row: bool) -> Result<ArrayD<f64
     }
 }
 
-fn matmul_integer_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
-    let (a, b) = (c.input(0)?, c.input(1)?);
-    eight_bit(a, "A")?;
-    eight_bit(b, "B")?;
-    one(ValueType::new(
-        DType::I32,
-        matmul_shape(&a.shape, &b.shape)?,
-    ))
-}
-
-fn matmul_integer_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
-    let a = centered(c.input(0)?, c.opt(2), true)?;
-    let b = centered(c.input(1)?, c.opt(3), false)?;
-    // The spec lets 32-bit accumulation wrap.
-    let y = matmul(&a, &b)?.mapv(|v| v as i64 as i32);
-    Ok(vec![Tensor::I32(y)])
-}
-
 fn qlinear_matmul_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     let (a, b) = (c.input(0)?, c.input(3)?);
     eight_bit(a, "a")?;
@@ -752,26 +734,6 @@ fn conv_operands(
     Ok((xv, wv))
 }
 
-fn conv_integer_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
-    let (x, w) = (c.input(0)?, c.input(1)?);
-    eight_bit(x, "x")?;
-    eight_bit(w, "w")?;
-    let g = conv_geom(c.attrs, &x.shape, &w.shape)?;
-    one(ValueType::new(
-        DType::I32,
-        conv_shape(&g, &x.shape, &w.shape),
-    ))
-}
-
-fn conv_integer_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
-    let (x, w) = (c.input(0)?, c.input(1)?);
-    let g = conv_geom(c.attrs, x.shape(), w.shape())?;
-    let (xv, wv) = conv_operands(x, c.opt(2), w, c.opt(3))?;
-    Ok(vec![Tensor::I32(
-        conv(&xv, &wv, &g)?.mapv(|v| v as i64 as i32),
-    )])
-}
-
 fn qlinear_conv_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
     let (x, w) = (c.input(0)?, c.input(3)?);
     eight_bit(x, "x")?;
@@ -822,62 +784,6 @@ fn qlinear_conv_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
         &mult,
         per_channel(c.input(7)?, m, rank, 1, "y_zero_point")?,
     )
-}
-
-// --------------------------------------------------------------------- Det
-
-fn det_infer(c: &InferCtx) -> Result<Vec<ValueType>> {
-    let x = c.input(0)?;
-    float_input(x, "input")?;
-    let r = x.shape.len();
-    ensure!(
-        r >= 2 && x.shape[r - 1] == x.shape[r - 2],
-        Invalid,
-        "input must be a batch of square matrices, found shape {:?}",
-        x.shape
-    );
-    one(ValueType::new(x.dtype, x.shape[..r - 2].to_vec()))
-}
-
-/// The determinant by LU decomposition with partial pivoting.
-fn det(mut a: Array2<f64>) -> f64 {
-    let n = a.nrows();
-    let mut d = 1.0;
-    for col in 0..n {
-        let pivot = (col..n)
-            .max_by(|&i, &j| a[[i, col]].abs().total_cmp(&a[[j, col]].abs()))
-            .unwrap_or(col);
-        if a[[pivot, col]] == 0.0 {
-            return 0.0;
-        }
-        if pivot != col {
-            for k in 0..n {
-                a.swap([pivot, k], [col, k]);
-            }
-            d = -d;
-        }
-        let p = a[[col, col]];
-        d *= p;
-        for i in col + 1..n {
-            let f = a[[i, col]] / p;
-            for k in col..n {
-                a[[i, k]] -= f * a[[col, k]];
-            }
-        }
-    }
-    d
-}
-
-fn det_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
-    let x = c.input(0)?;
-    let r = x.rank();
-    let n = x.shape()[r - 1];
-    let out = &c.outputs[0];
-    let v = f64_array(x)
-        .into_shape_with_order((out.numel(), n, n))
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    let dets: Vec<f64> = v.outer_iter().map(|m| det(m.to_owned())).collect();
-    Ok(vec![Tensor::from_f64s(out.dtype, &out.shape, &dets)?])
 }
 
 // ----------------------------------------------------------------- windows
@@ -953,11 +859,8 @@ pub fn register(t: &mut OpTable) {
         dynamic_quantize_infer,
         dynamic_quantize_eval,
     );
-    t.add("MatMulInteger", matmul_integer_infer, matmul_integer_eval);
     t.add("QLinearMatMul", qlinear_matmul_infer, qlinear_matmul_eval);
-    t.add("ConvInteger", conv_integer_infer, conv_integer_eval);
     t.add("QLinearConv", qlinear_conv_infer, qlinear_conv_eval);
-    t.add("Det", det_infer, det_eval);
     t.add("HannWindow", window_infer, |c| window_eval(c, Window::Hann));
     t.add("HammingWindow", window_infer, |c| {
         window_eval(c, Window::Hamming)

@@ -717,7 +717,15 @@ pub(super) mod tests {
     #[test]
     fn empty_reductions() {
         let x = f32s(&[0, 3], &[]);
-        let red = |op| run(op, 13, &[("axes", Attr::Ints(vec![0]))], &[x.clone()]).unwrap();
+        let red = |op| {
+            run(
+                op,
+                13,
+                &[("axes", Attr::Ints(vec![0]))],
+                std::slice::from_ref(&x),
+            )
+            .unwrap()
+        };
         assert_eq!(red("ReduceMax")[0].to_f64_vec(), vec![f64::NEG_INFINITY; 3]);
         assert_eq!(red("ReduceProd")[0].to_f64_vec(), vec![1.; 3]);
         assert_eq!(
@@ -736,7 +744,7 @@ pub(super) mod tests {
             "ReduceMean",
             18,
             &[("keepdims", Attr::Int(0))],
-            &[x.clone()],
+            std::slice::from_ref(&x),
         )
         .unwrap();
         assert_eq!(y[0], Tensor::scalar(15u8)); // (301 mod 256) / 3
@@ -747,13 +755,13 @@ pub(super) mod tests {
     #[test]
     fn argmax_ties() {
         let x = f32s(&[4], &[1., 3., 3., 0.]);
-        let y = run("ArgMax", 13, &[], &[x.clone()]).unwrap();
+        let y = run("ArgMax", 13, &[], std::slice::from_ref(&x)).unwrap();
         assert_eq!(y[0].to_f64_vec(), vec![1.]);
         let y = run(
             "ArgMax",
             13,
             &[("select_last_index", Attr::Int(1))],
-            &[x.clone()],
+            std::slice::from_ref(&x),
         )
         .unwrap();
         assert_eq!(y[0].to_f64_vec(), vec![2.]);
@@ -764,7 +772,7 @@ pub(super) mod tests {
     #[test]
     fn softmax_coerces_to_2d_before_opset_13() {
         let x = f32s(&[1, 2, 2], &[0.; 4]);
-        let old = run("Softmax", 11, &[], &[x.clone()]).unwrap();
+        let old = run("Softmax", 11, &[], std::slice::from_ref(&x)).unwrap();
         assert_eq!(old[0].to_f64_vec(), vec![0.25; 4]);
         let new = run("Softmax", 13, &[("axis", Attr::Int(1))], &[x]).unwrap();
         assert_eq!(new[0].to_f64_vec(), vec![0.5; 4]);
@@ -798,7 +806,7 @@ pub(super) mod tests {
         )
         .unwrap();
         assert_eq!(y[1].to_f64_vec(), vec![0., 3.]);
-        let y = run("TopK", 9, &[("k", Attr::Int(1))], &[x.clone()]).unwrap();
+        let y = run("TopK", 9, &[("k", Attr::Int(1))], std::slice::from_ref(&x)).unwrap();
         assert_eq!(y[1].to_f64_vec(), vec![1.]);
         assert!(run("TopK", 11, &[], &[x, i64s(&[5])]).is_err());
     }

@@ -29,11 +29,19 @@ pub fn load_bytes(bytes: &[u8], dir: Option<&Path>, opts: &ImportOptions) -> Res
     let graph = model.graph.as_ref().ok_or_else(|| {
         Error::Invalid("not an ONNX model: it has no graph (is this a ModelProto?)".into())
     })?;
-    if model.ir_version.is_none() && model.opset_import.is_empty() {
-        bail!(
-            Invalid,
-            "not an ONNX model: no IR version and no opset imports"
-        );
+    if model.opset_import.is_empty() {
+        // IR version 3 made opset imports mandatory; older files imply opset 1.
+        match model.ir_version {
+            None => bail!(
+                Invalid,
+                "not an ONNX model: no IR version and no opset imports"
+            ),
+            Some(v) if v >= 3 => bail!(
+                Invalid,
+                "the model declares IR version {v} but imports no opset"
+            ),
+            Some(_) => {}
+        }
     }
     let mut opsets = HashMap::new();
     for o in &model.opset_import {
