@@ -70,13 +70,15 @@ pub fn main(args: Args) -> anyhow::Result<()> {
     let dir = data_dir()?;
     let cases = conformance::cases(&dir, args.filter.as_deref())?;
     // A hang is a bug to report, not something to wait out.
-    let current: Arc<Mutex<(String, Instant)>> =
-        Arc::new(Mutex::new((String::new(), Instant::now())));
+    // The watchdog stops once the run clears `current`.
+    let current: Arc<Mutex<Option<(String, Instant)>>> = Arc::new(Mutex::new(None));
     let watch = current.clone();
     std::thread::spawn(move || {
         loop {
             std::thread::sleep(Duration::from_secs(5));
-            let (name, since) = watch.lock().expect("watchdog lock").clone();
+            let Some((name, since)) = watch.lock().expect("watchdog lock").clone() else {
+                return;
+            };
             if since.elapsed() > TIMEOUT {
                 eprintln!("HANG: {name} ran for more than {TIMEOUT:?}");
                 std::process::exit(1);
@@ -88,13 +90,14 @@ pub fn main(args: Args) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut results = Vec::with_capacity(cases.len());
     for c in &cases {
-        *current.lock().expect("watchdog lock") = (c.display().to_string(), Instant::now());
+        *current.lock().expect("watchdog lock") = Some((c.display().to_string(), Instant::now()));
         let r = conformance::run_case(c);
         if args.filter.is_some() {
             println!("{:<60} {}", r.name, describe(&r.outcome));
         }
         results.push(r);
     }
+    *current.lock().expect("watchdog lock") = None;
     let _ = std::panic::take_hook();
     report(&results, args.verbose);
     println!(
