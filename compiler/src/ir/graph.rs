@@ -88,6 +88,9 @@ pub struct Node {
     /// `None` marks an omitted optional input.
     pub inputs: Vec<Option<ValueId>>,
     pub outputs: Vec<ValueId>,
+    /// Names of the source nodes a fusion merged into this one (empty when
+    /// the node was not fused), so profiles and errors can name them.
+    pub fused: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -167,6 +170,7 @@ impl Graph {
             attrs,
             inputs: inputs.clone(),
             outputs: outputs.clone(),
+            fused: Vec::new(),
         });
         for (slot, v) in outputs.iter().enumerate() {
             self.values[v.0].producer = Some((idx, slot));
@@ -323,5 +327,139 @@ impl Graph {
                     .map(move |(slot, _)| (n, slot))
             })
             .collect()
+    }
+
+    /// Every node index, in insertion order.
+    pub fn node_indices(&self) -> Vec<NodeIndex> {
+        self.nodes.node_indices().collect()
+    }
+
+    /// Mutable access for attribute, name and `fused` edits. Changing
+    /// `inputs` or `outputs` through this breaks the edge invariant: use
+    /// [`Graph::set_inputs`] instead.
+    pub fn node_mut(&mut self, idx: NodeIndex) -> &mut Node {
+        &mut self.nodes[idx]
+    }
+
+    /// Replaces a node's inputs and rewires its dependency edges.
+    pub fn set_inputs(&mut self, idx: NodeIndex, inputs: Vec<Option<ValueId>>) {
+        self.nodes[idx].inputs = inputs;
+        self.relink(idx);
+    }
+
+    fn relink(&mut self, idx: NodeIndex) {
+        let incoming: Vec<_> = self
+            .nodes
+            .edges_directed(idx, Direction::Incoming)
+            .map(|e| e.id())
+            .collect();
+        for e in incoming {
+            self.nodes.remove_edge(e);
+        }
+        let inputs = self.nodes[idx].inputs.clone();
+        for v in inputs.into_iter().flatten() {
+            if let Some((p, _)) = self.values[v.0].producer {
+                self.nodes.add_edge(p, idx, v);
+            }
+        }
+    }
+
+    /// Removes a node; its outputs are left without a producer, so callers
+    /// first redirect their uses ([`Graph::replace_uses`]) or know they are
+    /// dead.
+    pub fn remove_node(&mut self, idx: NodeIndex) -> Option<Node> {
+        let node = self.nodes.remove_node(idx)?;
+        for &o in &node.outputs {
+            self.values[o.0].producer = None;
+        }
+        Some(node)
+    }
+
+    /// Makes every reader of `old` (nodes and graph outputs) read `new`.
+    pub fn replace_uses(&mut self, old: ValueId, new: ValueId) {
+        for (n, _) in self.consumers(old) {
+            let inputs = self.nodes[n]
+                .inputs
+                .iter()
+                .map(|&i| if i == Some(old) { Some(new) } else { i })
+                .collect();
+            self.set_inputs(n, inputs);
+        }
+        for o in &mut self.outputs {
+            if *o == old {
+                *o = new;
+            }
+        }
+    }
+
+    /// Replaces a value's constant data (same type), e.g. after folding a
+    /// scale into weights.
+    pub fn set_constant(&mut self, id: ValueId, t: Tensor) -> Result<()> {
+        let ty = ValueType::of(&t);
+        if ty != self.values[id.0].ty {
+            bail!(
+                Internal,
+                "constant '{}' changes type from {} to {}",
+                self.values[id.0].name,
+                self.values[id.0].ty,
+                ty
+            );
+        }
+        self.values[id.0].constant = Some(Arc::new(t));
+        Ok(())
+    }
+
+    /// A value name not yet used, derived from `base`.
+    pub fn fresh_name(&self, base: &str) -> String {
+        if !self.by_name.contains_key(base) {
+            return base.to_string();
+        }
+        (1..)
+            .map(|i| format!("{base}_{i}"))
+            .find(|n| !self.by_name.contains_key(n))
+            .expect("an unused name exists")
+    }
+
+    /// Drops values nothing refers to (no node reads or writes them and they
+    /// are not graph inputs or outputs), renumbering the rest. Removing nodes
+    /// leaves such values behind; the printer lists every constant, so
+    /// dead-code elimination calls this.
+    pub fn compact(&mut self) {
+        let mut used = vec![false; self.values.len()];
+        for &v in self.inputs.iter().chain(&self.outputs) {
+            used[v.0] = true;
+        }
+        for n in self.nodes.node_indices() {
+            let node = &self.nodes[n];
+            for v in node.inputs.iter().flatten().chain(&node.outputs) {
+                used[v.0] = true;
+            }
+        }
+        let mut remap = vec![None; self.values.len()];
+        let mut values = Vec::new();
+        for (i, v) in std::mem::take(&mut self.values).into_iter().enumerate() {
+            if used[i] {
+                remap[i] = Some(ValueId(values.len()));
+                values.push(v);
+            }
+        }
+        let m = |v: ValueId| remap[v.0].expect("used values are kept");
+        self.values = values;
+        self.by_name = self
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.name.clone(), ValueId(i)))
+            .collect();
+        self.inputs = self.inputs.iter().map(|&v| m(v)).collect();
+        self.outputs = self.outputs.iter().map(|&v| m(v)).collect();
+        for n in self.nodes.node_indices().collect::<Vec<_>>() {
+            let node = &mut self.nodes[n];
+            node.inputs = node.inputs.iter().map(|i| i.map(m)).collect();
+            node.outputs = node.outputs.iter().map(|&o| m(o)).collect();
+        }
+        for w in self.nodes.edge_weights_mut() {
+            *w = m(*w);
+        }
     }
 }

@@ -54,7 +54,11 @@ pub fn print(g: &Graph) -> Result<String> {
                 .collect();
             let _ = write!(s, " {{{}}}", attrs.join(", "));
         }
-        let _ = writeln!(s, "  # {}", node.name);
+        let _ = write!(s, "  # {}", node.name);
+        if !node.fused.is_empty() {
+            let _ = write!(s, " <- {}", node.fused.join(", "));
+        }
+        s.push('\n');
     }
     let outs: Vec<String> = g.outputs.iter().map(|&o| v(o)).collect();
     let _ = writeln!(s, "  output {}", outs.join(", "));
