@@ -5,11 +5,13 @@
 
 #[macro_use]
 pub mod error;
+pub mod codegen;
 pub mod import;
 pub mod interp;
 pub mod io;
 pub mod ir;
 pub mod ops;
+pub mod passes;
 pub mod random;
 
 pub use error::{Error, Result};

@@ -7,8 +7,10 @@ use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
+use cpucc::codegen::jit::JitModel;
+use cpucc::codegen::{Dumps, Machine};
 use cpucc::import::{self, ImportOptions, onnx::proto::ModelProto};
-use cpucc::ir::{DType, Tensor};
+use cpucc::ir::{DType, Graph, Tensor};
 use cpucc::{Error, interp, io};
 use prost::Message;
 
@@ -26,6 +28,27 @@ pub struct CaseResult {
     /// function bodies.
     pub op: String,
     pub outcome: Outcome,
+}
+
+/// What runs the test models.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// The reference interpreter.
+    Interp,
+    /// Native code for the host, compiled in-process.
+    Jit,
+}
+
+impl Engine {
+    pub fn run(self, graph: &Graph, inputs: &[Tensor]) -> cpucc::Result<Vec<Tensor>> {
+        match self {
+            Engine::Interp => interp::run(graph, inputs),
+            Engine::Jit => {
+                let m = JitModel::compile(graph, &Machine::host(), &mut Dumps::default())?;
+                m.run(inputs)
+            }
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -52,12 +75,12 @@ pub fn cases(root: &Path, filter: Option<&str>) -> anyhow::Result<Vec<PathBuf>> 
     Ok(v)
 }
 
-pub fn run_case(dir: &Path) -> CaseResult {
+pub fn run_case(dir: &Path, engine: Engine) -> CaseResult {
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let (op, outcome) = match catch_unwind(AssertUnwindSafe(|| run_inner(dir))) {
+    let (op, outcome) = match catch_unwind(AssertUnwindSafe(|| run_inner(dir, engine))) {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => ("?".to_string(), Outcome::Fail(format!("harness: {e}"))),
         Err(p) => {
@@ -72,7 +95,7 @@ pub fn run_case(dir: &Path) -> CaseResult {
     CaseResult { name, op, outcome }
 }
 
-fn run_inner(dir: &Path) -> anyhow::Result<(String, Outcome)> {
+fn run_inner(dir: &Path, engine: Engine) -> anyhow::Result<(String, Outcome)> {
     let meta: Meta = serde_json::from_slice(&std::fs::read(dir.join("meta.json"))?)?;
     let op = meta.op.clone().unwrap_or_else(|| "(expanded)".to_string());
     if meta.non_tensor {
@@ -156,7 +179,7 @@ fn run_inner(dir: &Path) -> anyhow::Result<(String, Outcome)> {
         .filter(|n| !bound.contains(&n.as_str()))
         .map(|n| named[n].clone())
         .collect();
-    let actual = match interp::run(&graph, &run_inputs) {
+    let actual = match engine.run(&graph, &run_inputs) {
         Ok(a) => a,
         Err(e) => return Ok((op, classify(e))),
     };

@@ -25,7 +25,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         "warnings",
     ])?;
     cargo(&["test", "--workspace", "--quiet"])?;
-    conformance::main(conformance::Args::check())?;
+    conformance::main(conformance::Args::check(conformance::EngineArg::Interp))?;
+    conformance::main(conformance::Args::check(conformance::EngineArg::Jit))?;
     if !a.skip_ort {
         check_ort::main(check_ort::Args::default())?;
     }

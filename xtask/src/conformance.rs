@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use cpucc_tests::conformance::{self, CaseResult, Outcome};
+use cpucc_tests::conformance::{self, CaseResult, Engine, Outcome};
 
 use crate::venv;
 
@@ -24,27 +24,43 @@ pub struct Args {
     /// Rewrite tests/conformance/expected_pass.txt with the passing tests.
     #[arg(long)]
     bless: bool,
-    /// Print every failing test with its reason.
+    /// Print every failing and unsupported test with its reason.
     #[arg(long)]
     verbose: bool,
+    /// What runs the models: the reference interpreter or native code
+    /// compiled in-process for the host.
+    #[arg(long, value_enum, default_value_t = EngineArg::Interp)]
+    engine: EngineArg,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineArg {
+    Interp,
+    Jit,
 }
 
 impl Args {
     /// The floor check CI runs.
-    pub fn check() -> Args {
+    pub fn check(engine: EngineArg) -> Args {
         Args {
             filter: None,
             check: true,
             bless: false,
             verbose: false,
+            engine,
         }
     }
 }
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-fn expected_path() -> PathBuf {
-    venv::root().join("tests/conformance/expected_pass.txt")
+/// The committed pass list of an engine: the floor `--check` enforces.
+fn expected_path(engine: EngineArg) -> PathBuf {
+    let file = match engine {
+        EngineArg::Interp => "expected_pass.txt",
+        EngineArg::Jit => "expected_pass_jit.txt",
+    };
+    venv::root().join("tests/conformance").join(file)
 }
 
 /// Generates the node tests once per requirements file.
@@ -87,11 +103,15 @@ pub fn main(args: Args) -> anyhow::Result<()> {
     });
     // Panics are caught and reported per test; keep their messages short.
     std::panic::set_hook(Box::new(|_| {}));
+    let engine = match args.engine {
+        EngineArg::Interp => Engine::Interp,
+        EngineArg::Jit => Engine::Jit,
+    };
     let start = Instant::now();
     let mut results = Vec::with_capacity(cases.len());
     for c in &cases {
         *current.lock().expect("watchdog lock") = Some((c.display().to_string(), Instant::now()));
-        let r = conformance::run_case(c);
+        let r = conformance::run_case(c, engine);
         if args.filter.is_some() {
             println!("{:<60} {}", r.name, describe(&r.outcome));
         }
@@ -117,18 +137,18 @@ pub fn main(args: Args) -> anyhow::Result<()> {
         .collect();
     if args.bless {
         let body: String = passing.iter().map(|n| format!("{n}\n")).collect();
-        std::fs::write(expected_path(), body)?;
+        std::fs::write(expected_path(args.engine), body)?;
         println!(
             "wrote {} passing tests to {}",
             passing.len(),
-            expected_path().display()
+            expected_path(args.engine).display()
         );
     }
     if args.check {
         if !panics.is_empty() {
             bail!("{} tests panicked: {}", panics.len(), panics.join(", "));
         }
-        let expected = std::fs::read_to_string(expected_path())?;
+        let expected = std::fs::read_to_string(expected_path(args.engine))?;
         let regressed: Vec<&str> = expected
             .lines()
             .filter(|l| !l.is_empty() && !passing.contains(l))
@@ -169,7 +189,12 @@ fn report(results: &[CaseResult], verbose: bool) {
                     println!("FAIL {}: {m}", r.name);
                 }
             }
-            Outcome::Unsupported(_) => e[2] += 1,
+            Outcome::Unsupported(m) => {
+                e[2] += 1;
+                if verbose {
+                    println!("UNSUPPORTED {}: {m}", r.name);
+                }
+            }
         }
     }
     println!(

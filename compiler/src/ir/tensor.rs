@@ -303,6 +303,68 @@ impl Tensor {
         Ok(self.to_f64_vec()[0])
     }
 
+    /// Decodes dense little-endian element bytes (the layout of ONNX
+    /// `raw_data` and of compiled code's buffers).
+    pub fn from_le_bytes(dtype: DType, shape: &[usize], raw: &[u8]) -> Result<Tensor> {
+        macro_rules! le {
+            ($t:ty, $n:literal) => {
+                Tensor::from_vec(
+                    shape,
+                    raw.chunks_exact($n)
+                        .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunk size")))
+                        .collect(),
+                )
+            };
+        }
+        match dtype {
+            DType::F32 => le!(f32, 4),
+            DType::F64 => le!(f64, 8),
+            DType::I8 => le!(i8, 1),
+            DType::U8 => le!(u8, 1),
+            DType::I16 => le!(i16, 2),
+            DType::U16 => le!(u16, 2),
+            DType::I32 => le!(i32, 4),
+            DType::U32 => le!(u32, 4),
+            DType::I64 => le!(i64, 8),
+            DType::U64 => le!(u64, 8),
+            DType::F16 => Tensor::from_vec(
+                shape,
+                raw.chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+            DType::BF16 => Tensor::from_vec(
+                shape,
+                raw.chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+            DType::Bool => Tensor::from_vec(shape, raw.iter().map(|&b| b != 0).collect()),
+        }
+    }
+
+    /// Dense little-endian element bytes in row-major order.
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        fn bytes<T: Elem>(a: &ndarray::ArrayD<T>, f: impl Fn(T) -> Vec<u8>) -> Vec<u8> {
+            a.iter().flat_map(|&x| f(x)).collect()
+        }
+        match self {
+            Tensor::F32(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
+            Tensor::F64(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
+            Tensor::F16(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
+            Tensor::BF16(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
+            Tensor::I8(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
+            Tensor::U8(a) => bytes(a, |x| vec![x]),
+            Tensor::I16(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
+            Tensor::U16(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
+            Tensor::I32(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
+            Tensor::U32(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
+            Tensor::I64(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
+            Tensor::U64(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
+            Tensor::Bool(a) => bytes(a, |x| vec![x as u8]),
+        }
+    }
+
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         dispatch!(self, a => {
             let v: Vec<_> = a.iter().copied().collect();

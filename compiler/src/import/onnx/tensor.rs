@@ -8,7 +8,7 @@ use half::{bf16, f16};
 use super::proto::TensorProto;
 use super::proto::tensor_proto::DataLocation;
 use crate::error::{Error, Result};
-use crate::ir::{DType, Elem, Tensor};
+use crate::ir::{DType, Tensor};
 
 /// Decodes a tensor; `dir` is the model's directory, where external data
 /// files live. `what` names the tensor in errors.
@@ -56,7 +56,7 @@ pub fn tensor_from_proto(p: &TensorProto, dir: Option<&Path>, what: &str) -> Res
             "{what}: raw data has {} bytes, {dtype}{shape:?} needs {want}",
             raw.len()
         );
-        return from_le_bytes(dtype, &shape, raw);
+        return Tensor::from_le_bytes(dtype, &shape, raw);
     }
     let n = |len: usize, field: &str| -> Result<()> {
         ensure!(
@@ -167,64 +167,9 @@ fn read_external(p: &TensorProto, dir: Option<&Path>, what: &str) -> Result<Vec<
     Ok(bytes[start..end].to_vec())
 }
 
-fn from_le_bytes(dtype: DType, shape: &[usize], raw: &[u8]) -> Result<Tensor> {
-    macro_rules! le {
-        ($t:ty, $n:literal) => {
-            Tensor::from_vec(
-                shape,
-                raw.chunks_exact($n)
-                    .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunk size")))
-                    .collect(),
-            )
-        };
-    }
-    match dtype {
-        DType::F32 => le!(f32, 4),
-        DType::F64 => le!(f64, 8),
-        DType::I8 => le!(i8, 1),
-        DType::U8 => le!(u8, 1),
-        DType::I16 => le!(i16, 2),
-        DType::U16 => le!(u16, 2),
-        DType::I32 => le!(i32, 4),
-        DType::U32 => le!(u32, 4),
-        DType::I64 => le!(i64, 8),
-        DType::U64 => le!(u64, 8),
-        DType::F16 => Tensor::from_vec(
-            shape,
-            raw.chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]))
-                .collect(),
-        ),
-        DType::BF16 => Tensor::from_vec(
-            shape,
-            raw.chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]))
-                .collect(),
-        ),
-        DType::Bool => Tensor::from_vec(shape, raw.iter().map(|&b| b != 0).collect()),
-    }
-}
-
 /// Encodes a tensor with `raw_data`, the compact form exporters write.
 pub fn tensor_to_proto(t: &Tensor, name: &str) -> TensorProto {
-    fn bytes<T: Elem>(a: &ndarray::ArrayD<T>, f: impl Fn(T) -> Vec<u8>) -> Vec<u8> {
-        a.iter().flat_map(|&x| f(x)).collect()
-    }
-    let raw = match t {
-        Tensor::F32(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
-        Tensor::F64(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
-        Tensor::F16(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
-        Tensor::BF16(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
-        Tensor::I8(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
-        Tensor::U8(a) => bytes(a, |x| vec![x]),
-        Tensor::I16(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
-        Tensor::U16(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
-        Tensor::I32(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
-        Tensor::U32(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
-        Tensor::I64(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
-        Tensor::U64(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
-        Tensor::Bool(a) => bytes(a, |x| vec![x as u8]),
-    };
+    let raw = t.to_le_bytes();
     TensorProto {
         dims: t.shape().iter().map(|&d| d as i64).collect(),
         data_type: Some(t.dtype().onnx_code()),

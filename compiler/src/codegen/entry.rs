@@ -1,0 +1,183 @@
+//! The exported entry points: `N_run`, which checks its arguments and calls
+//! every kernel in order (through the caller's thread pool when there is
+//! one), and `N_workspace_size`.
+
+use cranelift_codegen::Context;
+use cranelift_codegen::ir::types::{I32, I64};
+use cranelift_codegen::ir::{
+    AbiParam, Function, InstBuilder, Signature, StackSlotData, StackSlotKind, UserFuncName,
+    condcodes::IntCC,
+};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_module::{FuncId, Linkage, Module};
+
+use super::builder::{mem, task_signature};
+use super::lower::{Buf, Lower};
+use crate::error::{Error, Result};
+
+/// Return codes of `N_run` (documented in ARCHITECTURE.md and the header).
+pub const RC_NULL_BUFFER: i64 = 1;
+pub const RC_NO_WORKSPACE: i64 = 2;
+/// Kernels write this status into the workspace's first word.
+pub const RC_DATA: i64 = 3;
+
+/// Byte offsets of `cpucc_pool` fields.
+const POOL_CTX: i32 = 0;
+const POOL_PARALLEL_FOR: i32 = 16;
+
+pub struct Entry {
+    pub run: FuncId,
+    pub workspace: FuncId,
+}
+
+pub fn emit(
+    lw: &mut Lower,
+    name: &str,
+    num_inputs: usize,
+    num_outputs: usize,
+    workspace_bytes: usize,
+) -> Result<Entry> {
+    let cc = lw.cc;
+    let err = |what: &str, e: String| Error::Internal(format!("{what}: {e}"));
+    let mut sig = Signature::new(cc);
+    for _ in 0..4 {
+        sig.params.push(AbiParam::new(I64));
+    }
+    sig.returns.push(AbiParam::new(I32));
+    let run_name = format!("{name}_run");
+    let run = lw
+        .module
+        .declare_function(&run_name, Linkage::Export, &sig)
+        .map_err(|e| err(&run_name, e.to_string()))?;
+    let mut ctx = Context::new();
+    ctx.func = Function::with_name_signature(UserFuncName::user(0, run.as_u32()), sig);
+    let mut fctx = FunctionBuilderContext::new();
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let p = b.block_params(entry).to_vec();
+        let (inputs, outputs, ws, pool) = (p[0], p[1], p[2], p[3]);
+
+        let fail = |b: &mut FunctionBuilder, cond, code: i64| {
+            let bad = b.create_block();
+            let ok = b.create_block();
+            b.ins().brif(cond, bad, &[], ok, &[]);
+            b.switch_to_block(bad);
+            let rc = b.ins().iconst(I32, code);
+            b.ins().return_(&[rc]);
+            b.switch_to_block(ok);
+        };
+        for (arr, n) in [(inputs, num_inputs), (outputs, num_outputs)] {
+            if n == 0 {
+                continue;
+            }
+            let c = b.ins().icmp_imm_s(IntCC::Equal, arr, 0);
+            fail(&mut b, c, RC_NULL_BUFFER);
+            for i in 0..n {
+                let ptr = b.ins().load(I64, mem(), arr, (i * 8) as i32);
+                let c = b.ins().icmp_imm_s(IntCC::Equal, ptr, 0);
+                fail(&mut b, c, RC_NULL_BUFFER);
+            }
+        }
+        if workspace_bytes > 0 {
+            let c = b.ins().icmp_imm_s(IntCC::Equal, ws, 0);
+            fail(&mut b, c, RC_NO_WORKSPACE);
+        }
+        if lw.steps.iter().any(|s| s.checks) {
+            let z = b.ins().iconst(I64, 0);
+            b.ins().store(mem(), z, ws, 0);
+        }
+
+        let max_bufs = lw.steps.iter().map(|s| s.bufs.len()).max().unwrap_or(0);
+        let slot = b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            (max_bufs.max(1) * 8) as u32,
+            3,
+        ));
+        let task_sig = b.import_signature(task_signature(cc));
+        let mut pf_sig = Signature::new(cc);
+        for _ in 0..4 {
+            pf_sig.params.push(AbiParam::new(I64));
+        }
+        let pf_sig = b.import_signature(pf_sig);
+        let has_pool = b.ins().icmp_imm_s(IntCC::NotEqual, pool, 0);
+
+        let steps = std::mem::take(&mut lw.steps);
+        for step in &steps {
+            for (j, buf) in step.bufs.iter().enumerate() {
+                let ptr = match *buf {
+                    Buf::Input(i) => b.ins().load(I64, mem(), inputs, (i * 8) as i32),
+                    Buf::Output(i) => b.ins().load(I64, mem(), outputs, (i * 8) as i32),
+                    Buf::Work(off) => b.ins().iadd_imm_s(ws, off as i64),
+                    Buf::Data(d) => {
+                        let gv = lw.module.declare_data_in_func(d, b.func);
+                        b.ins().symbol_value(I64, gv)
+                    }
+                };
+                b.ins().stack_store(I64, ptr, slot, (j * 8) as i32);
+            }
+            let args = b.ins().stack_addr(I64, slot, 0);
+            let fref = lw.module.declare_func_in_func(step.func, b.func);
+            let items = b.ins().iconst(I64, step.items as i64);
+            if step.items > 1 {
+                let par = b.create_block();
+                let seq = b.create_block();
+                let done = b.create_block();
+                b.ins().brif(has_pool, par, &[], seq, &[]);
+                b.switch_to_block(par);
+                let ctxv = b.ins().load(I64, mem(), pool, POOL_CTX);
+                let pf = b.ins().load(I64, mem(), pool, POOL_PARALLEL_FOR);
+                let task = b.ins().func_addr(I64, fref);
+                b.ins()
+                    .call_indirect(pf_sig, pf, &[ctxv, items, task, args]);
+                b.ins().jump(done, &[]);
+                b.switch_to_block(seq);
+                let zero = b.ins().iconst(I64, 0);
+                b.ins().call(fref, &[args, zero, items]);
+                b.ins().jump(done, &[]);
+                b.switch_to_block(done);
+            } else {
+                let zero = b.ins().iconst(I64, 0);
+                b.ins().call(fref, &[args, zero, items]);
+            }
+            if step.checks {
+                let st = b.ins().load(I64, mem(), ws, 0);
+                let c = b.ins().icmp_imm_s(IntCC::NotEqual, st, 0);
+                fail(&mut b, c, RC_DATA);
+            }
+        }
+        let _ = task_sig;
+        let z = b.ins().iconst(I32, 0);
+        b.ins().return_(&[z]);
+        b.seal_all_blocks();
+        b.finalize(lw.module.isa().frontend_config());
+    }
+    lw.module
+        .define_function(run, &mut ctx)
+        .map_err(|e| err(&run_name, format!("{e:?}")))?;
+
+    let mut sig = Signature::new(cc);
+    sig.returns.push(AbiParam::new(I64));
+    let ws_name = format!("{name}_workspace_size");
+    let workspace = lw
+        .module
+        .declare_function(&ws_name, Linkage::Export, &sig)
+        .map_err(|e| err(&ws_name, e.to_string()))?;
+    let mut ctx = Context::new();
+    ctx.func = Function::with_name_signature(UserFuncName::user(0, workspace.as_u32()), sig);
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let entry = b.create_block();
+        b.switch_to_block(entry);
+        let v = b.ins().iconst(I64, workspace_bytes as i64);
+        b.ins().return_(&[v]);
+        b.seal_all_blocks();
+        b.finalize(lw.module.isa().frontend_config());
+    }
+    lw.module
+        .define_function(workspace, &mut ctx)
+        .map_err(|e| err(&ws_name, format!("{e:?}")))?;
+    Ok(Entry { run, workspace })
+}

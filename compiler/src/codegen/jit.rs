@@ -1,0 +1,145 @@
+//! In-process compilation for the host: the same lowering as objects, into
+//! a `JITModule`, called through the artifact ABI.
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+
+use cranelift_jit::{JITBuilder, JITModule};
+
+use super::{Dumps, Interface, Machine, isa, lower_graph};
+use crate::error::{Error, Result};
+use crate::ir::{Graph, Tensor};
+
+type RunFn = unsafe extern "C" fn(*const *const u8, *const *mut u8, *mut u8, *const u8) -> i32;
+
+/// A model compiled into this process.
+pub struct JitModel {
+    // Keeps the code alive; freed on drop.
+    module: Option<JITModule>,
+    run: RunFn,
+    pub iface: Interface,
+}
+
+impl JitModel {
+    pub fn compile(g: &Graph, machine: &Machine, dumps: &mut Dumps) -> Result<JitModel> {
+        let isa = isa::build(&machine.triple, &machine.features, false)?;
+        let builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+        let mut module = JITModule::new(builder);
+        let (iface, ent) = lower_graph(g, &mut module, machine, "model", dumps)?;
+        module
+            .finalize_definitions()
+            .map_err(|e| Error::Internal(format!("JIT finalize: {e}")))?;
+        let ptr = module.get_finalized_function(ent.run);
+        // SAFETY: `ent.run` was defined with exactly the `RunFn` signature
+        // in the host's default calling convention.
+        let run = unsafe { std::mem::transmute::<*const u8, RunFn>(ptr) };
+        Ok(JitModel {
+            module: Some(module),
+            run,
+            iface,
+        })
+    }
+
+    /// Runs on the calling thread (`pool` null) or through a
+    /// `cpucc_pool`.
+    ///
+    /// # Safety
+    /// `pool` must be null or point to a `cpucc_pool` whose `parallel_for`
+    /// honours the ABI for the whole call.
+    pub unsafe fn run_with(&self, inputs: &[Tensor], pool: *const u8) -> Result<Vec<Tensor>> {
+        if inputs.len() != self.iface.inputs.len() {
+            bail!(
+                Invalid,
+                "model takes {} inputs, got {}",
+                self.iface.inputs.len(),
+                inputs.len()
+            );
+        }
+        let in_bytes: Vec<Vec<u8>> = inputs.iter().map(|t| t.to_le_bytes()).collect();
+        for ((name, ty), t) in self.iface.inputs.iter().zip(inputs) {
+            if t.dtype() != ty.dtype || t.shape() != ty.shape.as_slice() {
+                bail!(
+                    Invalid,
+                    "input '{name}' is {}{:?}, the model takes {ty}",
+                    t.dtype(),
+                    t.shape()
+                );
+            }
+        }
+        let mut out_bufs: Vec<AlignedBuf> = self
+            .iface
+            .outputs
+            .iter()
+            .map(|(_, ty)| AlignedBuf::new(ty.numel() * ty.dtype.size_bytes()))
+            .collect();
+        let ws = AlignedBuf::new(self.iface.workspace_bytes);
+        let in_ptrs: Vec<*const u8> = in_bytes
+            .iter()
+            .map(|b| {
+                if b.is_empty() {
+                    ws.ptr as *const u8
+                } else {
+                    b.as_ptr()
+                }
+            })
+            .collect();
+        let out_ptrs: Vec<*mut u8> = out_bufs.iter_mut().map(|b| b.ptr).collect();
+        // SAFETY: every pointer covers its tensor's bytes (the interface's
+        // types were checked above), the workspace has the size the code
+        // was planned for, and the code is alive while `self` is.
+        let rc = unsafe { (self.run)(in_ptrs.as_ptr(), out_ptrs.as_ptr(), ws.ptr, pool) };
+        match rc {
+            0 => {}
+            super::RC_DATA_I32 => bail!(Invalid, "run failed: an index input is out of range"),
+            rc => bail!(Internal, "compiled model returned {rc}"),
+        }
+        self.iface
+            .outputs
+            .iter()
+            .zip(&out_bufs)
+            .map(|((_, ty), b)| Tensor::from_le_bytes(ty.dtype, &ty.shape, b.bytes()))
+            .collect()
+    }
+
+    pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        // SAFETY: a null pool runs every kernel on this thread.
+        unsafe { self.run_with(inputs, std::ptr::null()) }
+    }
+}
+
+impl Drop for JitModel {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: no code of this module runs after `self` is dropped.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+/// Zeroed 64-byte-aligned bytes (workspace and outputs).
+struct AlignedBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> AlignedBuf {
+        let layout = Layout::from_size_align(len.max(64), 64).expect("valid layout");
+        // SAFETY: the layout has non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        assert!(!ptr.is_null(), "out of memory allocating {len} bytes");
+        AlignedBuf { ptr, len }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` owns `len` initialized (zeroed or written) bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout = Layout::from_size_align(self.len.max(64), 64).expect("valid layout");
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { dealloc(self.ptr, layout) };
+    }
+}

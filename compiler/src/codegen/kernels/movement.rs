@@ -1,0 +1,383 @@
+//! Data movement. The source index of each output element of a pure
+//! movement op (Transpose, Slice, Pad, Tile, DepthToSpace, Gather with
+//! constant indices, ...) is a compile-time fact: it is computed by running
+//! the op's reference implementation on an index tensor ("probe"). When that
+//! map is affine the op becomes a strided copy (vectorized when unit-stride);
+//! otherwise a gather through a table of source indices in read-only data.
+//! Concat and Split are strided copies into/out of sub-boxes. Gather with
+//! indices known only at run time has its own kernel with bounds checks.
+
+use std::sync::Arc;
+
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::types::{I32, I64};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData};
+
+use super::{NodeCx, Table};
+use crate::codegen::builder::{Elt, Kb, mem};
+use crate::codegen::lower::{Buf, Lower, Operand};
+use crate::codegen::nest::{self, Access};
+use crate::error::Result;
+use crate::ir::{DType, Tensor, ValueType};
+use crate::ops;
+
+pub fn register(t: &mut Table) {
+    t.add(
+        &[
+            "Transpose",
+            "Reshape",
+            "Flatten",
+            "Squeeze",
+            "Unsqueeze",
+            "Expand",
+            "Tile",
+            "Slice",
+            "DepthToSpace",
+            "SpaceToDepth",
+            "Pad",
+            "Trilu",
+            "CenterCropPad",
+            "Compress",
+            "GatherElements",
+            "GatherND",
+        ],
+        probed,
+    );
+    t.add(&["Gather"], gather);
+    t.add(&["Concat"], concat);
+    t.add(&["Split"], split);
+}
+
+/// Above this many elements a non-affine map would need a huge table.
+const MAX_TABLE: usize = 1 << 24;
+
+fn probed(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
+    let op = cx.node.op.as_str();
+    let x = cx.input(0)?;
+    let n = x.ty.numel();
+    // The probe: element j of the data input becomes j + 1; 0 marks "fill".
+    let iota = Tensor::from_vec(&x.ty.shape, (1..=n as i64).collect::<Vec<i64>>())?;
+    let mut probe_inputs: Vec<Option<Arc<Tensor>>> = Vec::new();
+    for (i, inp) in cx.ins.iter().enumerate() {
+        if inp.is_none() {
+            probe_inputs.push(None);
+            continue;
+        }
+        if i == 0 {
+            probe_inputs.push(Some(Arc::new(iota.clone())));
+        } else if op == "Pad" && i == 2 {
+            // The fill value is data: probe with the marker.
+            probe_inputs.push(Some(Arc::new(Tensor::scalar(0i64))));
+        } else if let Some(c) = cx.consts[i] {
+            probe_inputs.push(Some(Arc::new(c.clone())));
+        } else {
+            bail!(
+                Unsupported,
+                "input {i} of {op} must be a constant for native code (its values decide which elements move)"
+            );
+        }
+    }
+    let out_types: Vec<ValueType> = cx
+        .outs
+        .iter()
+        .map(|o| ValueType::new(DType::I64, o.ty.shape.clone()))
+        .collect();
+    let refs: Vec<Option<&Tensor>> = probe_inputs.iter().map(|t| t.as_deref()).collect();
+    let maps = ops::eval(op, cx.attrs(), cx.node.opset, refs, &out_types)?;
+    let fill = if op == "Pad" {
+        cx.ins.get(2).and_then(|o| o.clone())
+    } else {
+        None
+    };
+    for (o, map) in cx.outs.iter().zip(&maps) {
+        let map = map.to_i64_vec()?;
+        gather_map(lw, x, o, &map, fill.as_ref())?;
+    }
+    Ok(())
+}
+
+/// Emits `out[i] = map[i] == 0 ? fill : x[map[i] - 1]`.
+fn gather_map(
+    lw: &mut Lower,
+    x: &Operand,
+    out: &Operand,
+    map: &[i64],
+    fill: Option<&Operand>,
+) -> Result<()> {
+    let shape = &out.ty.shape;
+    if map.is_empty() {
+        return Ok(());
+    }
+    if let Some(acc) = affine(shape, map) {
+        let src = Access {
+            buf: x.buf,
+            dt: x.ty.dtype,
+            offset: acc.0,
+            strides: acc.1,
+        };
+        let dst = Access::dense(out.buf, out.ty.dtype, shape);
+        return nest::emit(lw, shape, &[src], &[dst], true, |_, v, _| vec![v[0]]);
+    }
+    if map.len() > MAX_TABLE {
+        bail!(
+            Unsupported,
+            "a {}-element irregular data movement (table limit {MAX_TABLE})",
+            map.len()
+        );
+    }
+    // Table of i32 source indices, -1 for fill.
+    let table: Vec<u8> = map
+        .iter()
+        .flat_map(|&m| ((m - 1) as i32).to_le_bytes())
+        .collect();
+    let tbuf = lw.data(table)?;
+    let dt = x.ty.dtype;
+    let esz = dt.size_bytes() as i64;
+    let fill_dt = fill.map(|f| f.ty.dtype);
+    let mut bufs = vec![x.buf, out.buf, tbuf];
+    if let Some(f) = fill {
+        bufs.push(f.buf);
+    }
+    let total = map.len();
+    let per = 4096;
+    let items = total.div_ceil(per);
+    lw.kernel(bufs, items, |kb| {
+        let xp = kb.arg(0);
+        let op = kb.arg(1);
+        let tp = kb.arg(2);
+        let fillv = match fill_dt {
+            Some(fd) => {
+                let fp = kb.arg(3);
+                kb.load_elt(fd, fp, 1)
+            }
+            None => {
+                let ty = Elt(dt).compute(1);
+                if dt.is_float() {
+                    kb.constant(ty, 0.0)
+                } else {
+                    kb.bits(ty, 0)
+                }
+            }
+        };
+        let (b, e) = (kb.begin, kb.end);
+        let lo = kb.muli(b, per as i64);
+        let hi = kb.muli(e, per as i64);
+        let n = kb.i(total as i64);
+        let hi = kb.b.ins().smin(hi, n);
+        kb.for_range(lo, hi, 1, |kb, i| {
+            let ta = kb.gep(tp, i, 4);
+            let t = kb.b.ins().load(I32, mem(), ta, 0);
+            let t = kb.b.ins().sextend(I64, t);
+            let is_fill = kb.b.ins().icmp_imm_s(IntCC::SignedLessThan, t, 0);
+            let z = kb.i(0);
+            let safe = kb.b.ins().select(is_fill, z, t);
+            let sa = kb.gep(xp, safe, esz);
+            let v = kb.load_elt(dt, sa, 1);
+            let v = kb.b.ins().select(is_fill, fillv, v);
+            let da = kb.gep(op, i, esz);
+            kb.store_elt(dt, v, da, 1);
+        });
+    })
+}
+
+/// `map[idx] - 1 == offset + sum(idx[d] * strides[d])` for every index, if
+/// such offset and strides exist.
+fn affine(shape: &[usize], map: &[i64]) -> Option<(i64, Vec<i64>)> {
+    if map.contains(&0) {
+        return None;
+    }
+    let base = map[0] - 1;
+    let rank = shape.len();
+    let mut unit = vec![0usize; rank];
+    let mut s = 1usize;
+    for d in (0..rank).rev() {
+        unit[d] = s;
+        s *= shape[d];
+    }
+    let strides: Vec<i64> = (0..rank)
+        .map(|d| {
+            if shape[d] > 1 {
+                map[unit[d]] - 1 - base
+            } else {
+                0
+            }
+        })
+        .collect();
+    // Verify, walking the index like an odometer.
+    let mut idx = vec![0usize; rank];
+    let mut expect = base;
+    for &m in map {
+        if m - 1 != expect {
+            return None;
+        }
+        for d in (0..rank).rev() {
+            idx[d] += 1;
+            expect += strides[d];
+            if idx[d] < shape[d] {
+                break;
+            }
+            expect -= strides[d] * shape[d] as i64;
+            idx[d] = 0;
+        }
+    }
+    Some((base, strides))
+}
+
+/// Row-major strides of `shape` in elements.
+fn strides_of(shape: &[usize]) -> Vec<i64> {
+    let mut st = vec![0i64; shape.len()];
+    let mut s = 1i64;
+    for d in (0..shape.len()).rev() {
+        st[d] = s;
+        s *= shape[d] as i64;
+    }
+    st
+}
+
+fn concat(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
+    let out = cx.out(0);
+    let rank = out.ty.shape.len();
+    let axis = ops::axis(cx.attrs().int("axis", 0)?, rank)?;
+    let ost = strides_of(&out.ty.shape);
+    let mut at = 0i64;
+    for inp in cx.ins.iter().flatten() {
+        let shape = &inp.ty.shape;
+        let dst = Access {
+            buf: out.buf,
+            dt: out.ty.dtype,
+            offset: at * ost[axis],
+            strides: ost.clone(),
+        };
+        let src = Access::dense(inp.buf, inp.ty.dtype, shape);
+        nest::emit(lw, shape, &[src], &[dst], true, |_, v, _| vec![v[0]])?;
+        at += shape[axis] as i64;
+    }
+    Ok(())
+}
+
+fn split(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
+    let x = cx.input(0)?;
+    let rank = x.ty.shape.len();
+    let axis = ops::axis(cx.attrs().int("axis", 0)?, rank)?;
+    let xst = strides_of(&x.ty.shape);
+    let mut at = 0i64;
+    for o in &cx.outs {
+        let shape = &o.ty.shape;
+        let src = Access {
+            buf: x.buf,
+            dt: x.ty.dtype,
+            offset: at * xst[axis],
+            strides: xst.clone(),
+        };
+        let dst = Access::dense(o.buf, o.ty.dtype, shape);
+        nest::emit(lw, shape, &[src], &[dst], true, |_, v, _| vec![v[0]])?;
+        at += shape[axis] as i64;
+    }
+    Ok(())
+}
+
+/// Gather along `axis` with indices read at run time; an index outside
+/// `[-len, len)` sets the run's status to "index out of range".
+fn gather(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
+    let x = cx.input(0)?;
+    let idx = cx.input(1)?;
+    if cx.consts[1].is_some() {
+        // Constant indices: a compile-time map.
+        return probed(lw, cx);
+    }
+    let out = cx.out(0);
+    let rank = x.ty.shape.len();
+    let axis = ops::axis(cx.attrs().int("axis", 0)?, rank)?;
+    let outer: usize = x.ty.shape[..axis].iter().product();
+    let len = x.ty.shape[axis] as i64;
+    let inner: usize = x.ty.shape[axis + 1..].iter().product();
+    let nidx = idx.ty.numel();
+    let esz = x.ty.dtype.size_bytes() as i64;
+    let row_bytes = inner as i64 * esz;
+    let idt = idx.ty.dtype;
+    if out.ty.numel() == 0 {
+        return Ok(());
+    }
+    lw.kernel_checked(
+        vec![x.buf, idx.buf, out.buf, Buf::Work(0)],
+        outer * nidx,
+        true,
+        |kb| {
+            let (xp, ip, op) = (kb.arg(0), kb.arg(1), kb.arg(2));
+            let (b, e) = (kb.begin, kb.end);
+            kb.for_range(b, e, 1, |kb, item| {
+                let o = kb.b.ins().udiv_imm_u(item, nidx as i64);
+                let j = kb.b.ins().urem_imm_u(item, nidx as i64);
+                let ia = kb.gep(ip, j, idt.size_bytes() as i64);
+                let k = kb.load_elt(idt, ia, 1);
+                let k = if idt == DType::I64 {
+                    k
+                } else {
+                    kb.b.ins().sextend(I64, k)
+                };
+                let neg = kb.b.ins().icmp_imm_s(IntCC::SignedLessThan, k, 0);
+                let kw = kb.b.ins().iadd_imm_s(k, len);
+                let k = kb.b.ins().select(neg, kw, k);
+                let bad_lo = kb.b.ins().icmp_imm_s(IntCC::SignedLessThan, k, 0);
+                let bad_hi =
+                    kb.b.ins()
+                        .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, k, len);
+                let bad = kb.b.ins().bor(bad_lo, bad_hi);
+                let ok = kb.b.create_block();
+                let fail = kb.b.create_block();
+                let next = kb.b.create_block();
+                kb.b.ins().brif(bad, fail, &[], ok, &[]);
+                kb.b.switch_to_block(fail);
+                // Buffer 3 is the workspace's status word.
+                let wp = kb.arg(3);
+                let three = kb.i(3);
+                kb.b.ins().store(mem(), three, wp, 0);
+                kb.b.ins().jump(next, &[]);
+                kb.b.switch_to_block(ok);
+                let row = kb.muli(o, len);
+                let row = kb.b.ins().iadd(row, k);
+                let src = kb.gep(xp, row, row_bytes);
+                let dst = kb.gep(op, item, row_bytes);
+                copy_bytes(kb, dst, src, row_bytes);
+                kb.b.ins().jump(next, &[]);
+                kb.b.switch_to_block(next);
+            });
+        },
+    )
+}
+
+/// Copies a compile-time number of bytes: 16-byte vectors, then 8/4/2/1.
+pub fn copy_bytes(
+    kb: &mut Kb,
+    dst: cranelift_codegen::ir::Value,
+    src: cranelift_codegen::ir::Value,
+    n: i64,
+) {
+    use cranelift_codegen::ir::types::{I8, I16, I64X2};
+    let vecs = n / 16;
+    if vecs > 4 {
+        let z = kb.i(0);
+        let hi = kb.i(vecs);
+        kb.for_range(z, hi, 1, |kb, i| {
+            let s = kb.gep(src, i, 16);
+            let d = kb.gep(dst, i, 16);
+            let v = kb.b.ins().load(I64X2, mem(), s, 0);
+            kb.b.ins().store(mem(), v, d, 0);
+        });
+    } else {
+        for i in 0..vecs {
+            let v = kb.b.ins().load(I64X2, mem(), src, (i * 16) as i32);
+            kb.b.ins().store(mem(), v, dst, (i * 16) as i32);
+        }
+    }
+    let mut off = vecs * 16;
+    for (w, ty) in [(8, I64), (4, I32), (2, I16), (1, I8)] {
+        while n - off >= w {
+            let v =
+                kb.b.ins()
+                    .load(ty, MemFlagsData::trusted(), src, off as i32);
+            kb.b.ins().store(mem(), v, dst, off as i32);
+            off += w;
+        }
+    }
+}

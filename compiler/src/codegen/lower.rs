@@ -1,0 +1,186 @@
+//! Lowering state shared by every op's kernel emitter: the module the
+//! kernels go into, the steps the entry function will run in order, constant
+//! data objects, and per-node scratch space in the workspace.
+
+use cranelift_codegen::Context;
+use cranelift_codegen::ir::{Function, UserFuncName};
+use cranelift_codegen::isa::CallConv;
+use cranelift_frontend::FunctionBuilderContext;
+use cranelift_module::{DataDescription, DataId, FuncId, Linkage, Module};
+
+use super::builder::{Kb, task_signature};
+use crate::error::{Error, Result};
+use crate::ir::{Tensor, ValueType};
+
+/// Where a kernel finds one of its buffers at run time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Buf {
+    Input(usize),
+    Output(usize),
+    /// Byte offset into the workspace (planned arena values and scratch).
+    Work(usize),
+    Data(DataId),
+}
+
+/// One kernel call of the entry function.
+pub struct Step {
+    pub func: FuncId,
+    pub bufs: Vec<Buf>,
+    /// Work items; the pool may split `[0, items)` across threads.
+    pub items: usize,
+    /// Whether the kernel may set the workspace's status word (e.g. an index
+    /// out of range), so the entry function checks it afterwards.
+    pub checks: bool,
+}
+
+/// A tensor operand of a node: where it lives and its type.
+#[derive(Clone, Debug)]
+pub struct Operand {
+    pub buf: Buf,
+    pub ty: ValueType,
+}
+
+pub struct Lower<'m> {
+    pub module: &'m mut dyn Module,
+    pub cc: CallConv,
+    pub fma: bool,
+    pub steps: Vec<Step>,
+    prefix: String,
+    fctx: FunctionBuilderContext,
+    ctx: Context,
+    counter: usize,
+    /// Workspace bytes below which scratch may not go (status word + arena).
+    pub scratch_base: usize,
+    scratch_top: usize,
+    pub scratch_max: usize,
+    /// CLIF text of each kernel, when requested (`--emit clif`).
+    pub clif: Option<Vec<(String, String)>>,
+    /// Disassembly of each kernel, when requested (`--emit asm`).
+    pub asm: Option<Vec<(String, String)>>,
+    /// The node being lowered, for kernel names.
+    pub node_tag: String,
+}
+
+/// Workspace bytes reserved for the status word kernels set on run-time
+/// errors; the arena starts after it.
+pub const STATUS_BYTES: usize = 64;
+
+impl<'m> Lower<'m> {
+    pub fn new(module: &'m mut dyn Module, prefix: &str, fma: bool) -> Self {
+        let cc = module.isa().default_call_conv();
+        Lower {
+            module,
+            cc,
+            fma,
+            steps: Vec::new(),
+            prefix: prefix.to_string(),
+            fctx: FunctionBuilderContext::new(),
+            ctx: Context::new(),
+            counter: 0,
+            scratch_base: STATUS_BYTES,
+            scratch_top: 0,
+            scratch_max: 0,
+            clif: None,
+            asm: None,
+            node_tag: String::new(),
+        }
+    }
+
+    /// Defines a kernel with `body` and appends a step running it over
+    /// `items` work items with `bufs`.
+    pub fn kernel(
+        &mut self,
+        bufs: Vec<Buf>,
+        items: usize,
+        body: impl FnOnce(&mut Kb),
+    ) -> Result<()> {
+        self.kernel_checked(bufs, items, false, body)
+    }
+
+    pub fn kernel_checked(
+        &mut self,
+        bufs: Vec<Buf>,
+        items: usize,
+        checks: bool,
+        body: impl FnOnce(&mut Kb),
+    ) -> Result<()> {
+        let name = format!("{}_k{}_{}", self.prefix, self.counter, self.node_tag);
+        self.counter += 1;
+        let sig = task_signature(self.cc);
+        let func = self
+            .module
+            .declare_function(&name, Linkage::Local, &sig)
+            .map_err(|e| Error::Internal(format!("declare {name}: {e}")))?;
+        self.ctx.func = Function::with_name_signature(UserFuncName::user(0, func.as_u32()), sig);
+        let frontend = self.module.isa().frontend_config();
+        let mut kb = Kb::new(&mut self.ctx.func, &mut self.fctx, self.fma, frontend);
+        body(&mut kb);
+        kb.finish();
+        if let Some(c) = &mut self.clif {
+            c.push((name.clone(), self.ctx.func.display().to_string()));
+        }
+        self.ctx.set_disasm(self.asm.is_some());
+        self.module
+            .define_function(func, &mut self.ctx)
+            .map_err(|e| Error::Internal(format!("compile {name}: {e:?}")))?;
+        if let Some(a) = &mut self.asm {
+            let text = self
+                .ctx
+                .compiled_code()
+                .and_then(|c| c.vcode.clone())
+                .unwrap_or_default();
+            a.push((name, text));
+        }
+        self.module.clear_context(&mut self.ctx);
+        self.steps.push(Step {
+            func,
+            bufs,
+            items: items.max(1),
+            checks,
+        });
+        Ok(())
+    }
+
+    /// Read-only data in the object (weights, tables).
+    pub fn data(&mut self, bytes: Vec<u8>) -> Result<Buf> {
+        let name = format!("{}_d{}", self.prefix, self.counter);
+        self.counter += 1;
+        let id = self
+            .module
+            .declare_data(&name, Linkage::Local, false, false)
+            .map_err(|e| Error::Internal(format!("declare {name}: {e}")))?;
+        let mut d = DataDescription::new();
+        // Empty tensors still need an address.
+        let bytes = if bytes.is_empty() {
+            vec![0u8; 8]
+        } else {
+            bytes
+        };
+        d.define(bytes.into_boxed_slice());
+        d.set_align(64);
+        self.module
+            .define_data(id, &d)
+            .map_err(|e| Error::Internal(format!("define {name}: {e}")))?;
+        Ok(Buf::Data(id))
+    }
+
+    pub fn tensor_data(&mut self, t: &Tensor) -> Result<Buf> {
+        self.data(t.to_le_bytes())
+    }
+
+    /// Scratch space for the current node; freed when the next node starts.
+    pub fn scratch(&mut self, bytes: usize) -> Buf {
+        let off = self.scratch_top;
+        self.scratch_top += bytes.div_ceil(64) * 64;
+        self.scratch_max = self.scratch_max.max(self.scratch_top);
+        Buf::Work(self.scratch_base + off)
+    }
+
+    pub fn begin_node(&mut self, tag: &str) {
+        self.scratch_top = 0;
+        self.node_tag = tag
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+    }
+}

@@ -1,0 +1,283 @@
+//! Native code generation with Cranelift. A graph lowers to one kernel
+//! function per node (or a few: packing, then compute) plus an entry function
+//! `N_run` that calls them in order; the same path serves object files and
+//! the in-process JIT through `&mut dyn Module`.
+
+mod builder;
+mod entry;
+mod isa;
+mod kernels;
+mod lower;
+mod nest;
+
+pub mod artifact;
+pub mod jit;
+
+use std::collections::{BTreeSet, HashMap};
+
+use cranelift_module::Module;
+use target_lexicon::Triple;
+
+use crate::error::{Error, Result};
+use crate::ir::{Graph, ValueId, ValueType};
+use crate::passes::plan::{self, Slot};
+pub use entry::{RC_DATA, RC_NO_WORKSPACE, RC_NULL_BUFFER};
+const RC_DATA_I32: i32 = RC_DATA as i32;
+use kernels::NodeCx;
+use lower::{Buf, Lower, Operand, STATUS_BYTES};
+
+/// What the code generator needs to know about the target machine.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    pub triple: Triple,
+    /// LLVM-style feature names (`avx2`, `fma`, `neon`, ...).
+    pub features: BTreeSet<String>,
+}
+
+impl Machine {
+    /// The machine this process runs on.
+    pub fn host() -> Machine {
+        let mut features = BTreeSet::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            macro_rules! detect {
+                ($($f:tt),*) => {$(
+                    if std::arch::is_x86_feature_detected!($f) {
+                        features.insert($f.to_string());
+                    }
+                )*};
+            }
+            detect!(
+                "sse3",
+                "ssse3",
+                "sse4.1",
+                "sse4.2",
+                "popcnt",
+                "avx",
+                "avx2",
+                "fma",
+                "bmi1",
+                "bmi2",
+                "lzcnt",
+                "avx512f",
+                "avx512vl",
+                "avx512dq",
+                "avx512vnni"
+            );
+            if features.remove("bmi1") {
+                features.insert("bmi".to_string());
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            features.insert("neon".to_string());
+            if std::arch::is_aarch64_feature_detected!("lse") {
+                features.insert("lse".to_string());
+            }
+        }
+        Machine {
+            triple: Triple::host(),
+            features,
+        }
+    }
+}
+
+/// Inspection output requested with `--emit clif` / `--emit asm`.
+#[derive(Default)]
+pub struct Dumps {
+    pub clif: Option<Vec<(String, String)>>,
+    pub asm: Option<Vec<(String, String)>>,
+}
+
+/// A compiled model's interface: tensor names and types, workspace size.
+#[derive(Clone, Debug)]
+pub struct Interface {
+    pub name: String,
+    pub inputs: Vec<(String, ValueType)>,
+    pub outputs: Vec<(String, ValueType)>,
+    pub workspace_bytes: usize,
+}
+
+/// Lowers `g` into `module`, defining `{name}_run` and
+/// `{name}_workspace_size`.
+pub fn lower_graph(
+    g: &Graph,
+    module: &mut dyn Module,
+    machine: &Machine,
+    name: &str,
+    dumps: &mut Dumps,
+) -> Result<(Interface, entry::Entry)> {
+    let plan = plan::plan(g)?;
+    let fma = isa::has_fma(&machine.triple, &machine.features);
+    let mut lw = Lower::new(module, name, fma);
+    lw.clif = dumps.clif.take();
+    lw.asm = dumps.asm.take();
+    lw.scratch_base = STATUS_BYTES + plan.arena_bytes.div_ceil(64) * 64;
+
+    let mut bufs: HashMap<ValueId, Buf> = HashMap::new();
+    let mut resolve = |lw: &mut Lower, v: ValueId| -> Result<Buf> {
+        let mut v = v;
+        loop {
+            if let Some(b) = bufs.get(&v) {
+                return Ok(*b);
+            }
+            let b = match plan.slots.get(v.0).copied().unwrap_or(Slot::Unused) {
+                Slot::Input(i) => Buf::Input(i),
+                Slot::Output(i) => Buf::Output(i),
+                Slot::Arena { offset } => Buf::Work(STATUS_BYTES + offset),
+                Slot::Const => {
+                    let t = g.value(v).constant.clone().ok_or_else(|| {
+                        Error::Internal(format!("value '{}' planned as constant", g.value(v).name))
+                    })?;
+                    lw.tensor_data(&t)?
+                }
+                Slot::View(src) => {
+                    v = src;
+                    continue;
+                }
+                Slot::Unused => bail!(Internal, "value '{}' has no planned place", g.value(v).name),
+            };
+            bufs.insert(v, b);
+            return Ok(b);
+        }
+    };
+
+    for n in g.topo_order()? {
+        let node = g.node(n);
+        let views_only = node
+            .outputs
+            .iter()
+            .all(|o| matches!(plan.slots.get(o.0), Some(Slot::View(_))));
+        if views_only {
+            continue;
+        }
+        lw.begin_node(&node.op);
+        if node
+            .inputs
+            .iter()
+            .flatten()
+            .all(|v| g.value(*v).constant.is_some())
+        {
+            // Everything is known: evaluate now, and copy the results out.
+            fold(&mut lw, g, node, &mut resolve).map_err(|e| e.in_node(&node.name, &node.op))?;
+            continue;
+        }
+        let mut ins = Vec::with_capacity(node.inputs.len());
+        let mut consts = Vec::with_capacity(node.inputs.len());
+        for i in &node.inputs {
+            match i {
+                Some(v) => {
+                    ins.push(Some(Operand {
+                        buf: resolve(&mut lw, *v)?,
+                        ty: g.value(*v).ty.clone(),
+                    }));
+                    consts.push(g.value(*v).constant.as_deref());
+                }
+                None => {
+                    ins.push(None);
+                    consts.push(None);
+                }
+            }
+        }
+        let mut outs = Vec::with_capacity(node.outputs.len());
+        for &o in &node.outputs {
+            outs.push(Operand {
+                buf: resolve(&mut lw, o)?,
+                ty: g.value(o).ty.clone(),
+            });
+        }
+        let cx = NodeCx {
+            node,
+            ins,
+            outs,
+            consts,
+        };
+        kernels::lower(&mut lw, &cx).map_err(|e| e.in_node(&node.name, &node.op))?;
+    }
+
+    // Graph outputs that no node wrote in place: graph inputs, constants,
+    // views and values listed twice.
+    for (i, &v) in g.outputs.iter().enumerate() {
+        let src = resolve(&mut lw, v)?;
+        if src != Buf::Output(i) {
+            lw.begin_node("output");
+            let ty = g.value(v).ty.clone();
+            kernels::copy(
+                &mut lw,
+                &Operand {
+                    buf: src,
+                    ty: ty.clone(),
+                },
+                &Operand {
+                    buf: Buf::Output(i),
+                    ty,
+                },
+            )?;
+        }
+    }
+
+    let workspace_bytes = if lw.steps.is_empty() {
+        0
+    } else {
+        lw.scratch_base + lw.scratch_max
+    };
+    let ent = entry::emit(
+        &mut lw,
+        name,
+        g.inputs.len(),
+        g.outputs.len(),
+        workspace_bytes,
+    )?;
+    dumps.clif = lw.clif.take();
+    dumps.asm = lw.asm.take();
+    let iface = Interface {
+        name: name.to_string(),
+        inputs: g
+            .inputs
+            .iter()
+            .map(|&v| (g.value(v).name.clone(), g.value(v).ty.clone()))
+            .collect(),
+        outputs: g
+            .outputs
+            .iter()
+            .map(|&v| (g.value(v).name.clone(), g.value(v).ty.clone()))
+            .collect(),
+        workspace_bytes,
+    };
+    Ok((iface, ent))
+}
+
+/// Lowers a node whose inputs are all constants: the interpreter computes
+/// its outputs at compile time and a copy kernel writes them.
+fn fold(
+    lw: &mut Lower,
+    g: &Graph,
+    node: &crate::ir::Node,
+    resolve: &mut impl FnMut(&mut Lower, ValueId) -> Result<Buf>,
+) -> Result<()> {
+    let inputs: Vec<Option<&crate::ir::Tensor>> = node
+        .inputs
+        .iter()
+        .map(|v| v.and_then(|v| g.value(v).constant.as_deref()))
+        .collect();
+    let types: Vec<ValueType> = node
+        .outputs
+        .iter()
+        .map(|&o| g.value(o).ty.clone())
+        .collect();
+    let outs = crate::ops::eval(&node.op, &node.attrs, node.opset, inputs, &types)?;
+    for (t, &o) in outs.iter().zip(&node.outputs) {
+        let src = lw.tensor_data(t)?;
+        let dst = resolve(lw, o)?;
+        let ty = g.value(o).ty.clone();
+        kernels::copy(
+            lw,
+            &Operand {
+                buf: src,
+                ty: ty.clone(),
+            },
+            &Operand { buf: dst, ty },
+        )?;
+    }
+    Ok(())
+}
