@@ -83,7 +83,7 @@ fn diamond_keeps_the_shared_value_alive() {
 #[test]
 fn views_share_bytes_and_extend_lifetimes() {
     let mut g = graph();
-    g.add_const("shape", Tensor::from_vec(&[2], vec![4i64, 4]).unwrap())
+    g.add_const("shape", Tensor::from_vec(&[3], vec![1i64, 4, 4]).unwrap())
         .unwrap();
     g.add_const("w", Tensor::zeros(DType::F32, &[1, 16]))
         .unwrap();
