@@ -263,6 +263,11 @@ impl Graph {
         &self.nodes[idx]
     }
 
+    /// The number of values; `ValueId`s are `0..value_count()`.
+    pub fn value_count(&self) -> usize {
+        self.values.len()
+    }
+
     pub fn node_count(&self) -> usize {
         self.nodes.node_count()
     }
