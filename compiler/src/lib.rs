@@ -5,6 +5,7 @@
 
 #[macro_use]
 pub mod error;
+pub mod cross;
 pub mod import;
 pub mod interp;
 pub mod io;
