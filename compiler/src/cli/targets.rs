@@ -12,6 +12,7 @@ pub struct Args {
 
 /// Features worth a column: the widest vector ISA and its extensions.
 const KEY: &[&str] = &[
+    "sse2",
     "sse4.2",
     "avx2",
     "fma",
@@ -21,6 +22,7 @@ const KEY: &[&str] = &[
     "avx512fp16",
     "amx-tile",
     "neon",
+    "fp16",
     "dotprod",
     "bf16",
     "i8mm",
@@ -42,7 +44,7 @@ fn key_features(t: &Target) -> String {
 
 fn size(bytes: usize) -> String {
     const M: usize = 1024 * 1024;
-    if bytes >= M && bytes % M == 0 {
+    if bytes >= M && bytes.is_multiple_of(M) {
         format!("{}M", bytes / M)
     } else if bytes >= M {
         format!("{:.2}M", bytes as f64 / M as f64)
