@@ -193,18 +193,21 @@ pub fn run_foreign_timeout(
     let stderr = read(&stderr_path)?;
     check_status(status, &stderr, name, target)?;
 
-    // "output <i> <name> dtype=<code> <path>", one line per output.
+    // "output <i> dtype=<code> <name>", one line per output, in order.
     let mut outputs = Vec::new();
     for line in read(&stdout_path)?.lines() {
-        let f: Vec<&str> = line.splitn(5, ' ').collect();
-        if f.len() != 5 || f[0] != "output" {
+        let f: Vec<&str> = line.splitn(4, ' ').collect();
+        if f.len() < 3 || f[0] != "output" {
             continue;
         }
-        let code: Option<i32> = f[3].strip_prefix("dtype=").and_then(|c| c.parse().ok());
-        let Some(dtype) = code.and_then(DType::from_onnx) else {
+        let code: Option<i32> = f[2].strip_prefix("dtype=").and_then(|c| c.parse().ok());
+        let (Some(dtype), Ok(true)) = (
+            code.and_then(DType::from_onnx),
+            f[1].parse::<usize>().map(|i| i == outputs.len()),
+        ) else {
             bail!(Internal, "harness for '{name}' printed a bad line: {line}");
         };
-        let t = read_tensor(Path::new(f[4]))?;
+        let t = read_tensor(&outdir.join(format!("output_{}.npy", f[1])))?;
         // bf16 travels as f32 .npy.
         outputs.push(if dtype == DType::BF16 {
             t.cast(DType::BF16)

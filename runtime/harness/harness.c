@@ -10,7 +10,7 @@
  * Usage: N_run [-o OUTDIR] [-n ITERS] (FILE.npy | -i NAME FILE.npy)...
  *   Plain files are the inputs in header order; -i binds one by name.
  *   Writes OUTDIR/output_<i>.npy (default OUTDIR ".") and prints one line
- *   per output: "output <i> <name> dtype=<onnx code> <path>". With -n it runs
+ *   per output: "output <i> dtype=<onnx code> <name>". With -n it runs
  *   ITERS times and prints "time_ms min=<ms> median=<ms> iters=<n>".
  *
  * .npy: versions 1-3, little-endian, C order. bf16 (code 16) travels as
@@ -341,8 +341,7 @@ int main(int argc, char **argv) {
         snprintf(path, sizeof path, "%s/output_%d.npy", outdir, i);
         write_npy(path, dtype_of(SYM(_output_dtypes)[i]), SYM(_output_ranks)[i],
                   SYM(_output_shapes)[i], outputs[i]);
-        printf("output %d %s dtype=%d %s\n", i, SYM(_output_names)[i], (int)SYM(_output_dtypes)[i],
-               path);
+        printf("output %d dtype=%d %s\n", i, (int)SYM(_output_dtypes)[i], SYM(_output_names)[i]);
     }
     if (iters > 0) {
         qsort(times, (size_t)runs, sizeof(double), cmp_double);

@@ -130,7 +130,7 @@ fn harness_runs_a_model_on_the_pool() {
             "{stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(stdout.contains("output 0 y dtype=1"), "{stdout}");
+        assert!(stdout.contains("output 0 dtype=1 y"), "{stdout}");
         assert!(stdout.contains("iters=5"), "{stdout}");
         let want: Vec<f32> = x.iter().map(|v| v + 1.0).collect();
         assert_eq!(

@@ -49,6 +49,12 @@ fn zero_threads_means_physical_cores() {
 }
 
 #[test]
+fn absurd_thread_counts_are_refused() {
+    let e = Pool::new(usize::MAX).err().expect("an error");
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+}
+
+#[test]
 fn the_caller_runs_the_first_chunk_and_workers_the_rest() {
     let pool = Pool::new(4).unwrap();
     let who: Mutex<Vec<(usize, ThreadId)>> = Mutex::new(Vec::new());

@@ -47,6 +47,10 @@ int main(void) {
         }
         cpucc_pool_destroy(pool);
     }
+    if (cpucc_pool_create((size_t)-1) != NULL) {
+        printf("pool_test: an absurd thread count was accepted\n");
+        return 1;
+    }
     cpucc_pool_destroy(NULL);
     printf("pool_test ok\n");
     return 0;
