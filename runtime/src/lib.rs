@@ -1,5 +1,12 @@
-//! Runtime for compiled cpucc artifacts.
+//! Runtime for compiled cpucc artifacts: the `cpucc_pool` a model's `N_run`
+//! takes (see `include/cpucc_runtime.h`), usable from Rust ([`Pool`]) and,
+//! through the static library, from C (`cpucc_pool_create`/`_destroy`).
 //!
-//! Empty until the backend lands (issues 3 and 6): it will hold the pinned,
-//! NUMA-aware `cpucc_pool` implementation and 64-byte aligned, huge-page
-//! backed workspaces. Nothing in the foundation needs it yet.
+//! `harness/harness.c` is the generic C program that runs a compiled model
+//! on `.npy` inputs (cross execution under qemu uses it).
+
+mod capi;
+mod pool;
+
+pub use capi::{cpucc_pool_create, cpucc_pool_destroy};
+pub use pool::{CpuccPool, CpuccTask, Pool};

@@ -2,6 +2,7 @@
 
 mod inspect;
 mod run;
+mod targets;
 
 use std::path::PathBuf;
 
@@ -26,6 +27,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Run a model on inputs from files (or fixed-seed random inputs).
     Run(run::Args),
+    /// List the target presets (features, SVE length, caches) and the host.
+    Targets(targets::Args),
 }
 
 /// Flags shared by every command that reads a model.
@@ -54,5 +57,6 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Command::Inspect(a) => inspect::main(a),
         Command::Run(a) => run::main(a),
+        Command::Targets(a) => targets::main(a),
     }
 }
