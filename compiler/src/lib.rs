@@ -10,6 +10,7 @@ pub mod interp;
 pub mod io;
 pub mod ir;
 pub mod ops;
+pub mod passes;
 pub mod random;
 
 pub use error::{Error, Result};
