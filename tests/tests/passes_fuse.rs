@@ -143,7 +143,7 @@ fn attention_bert_style() {
     let v = b.input("v", &[1, 4, 6]);
     let mask = b.input("mask", &[1, 1, 1, 4]);
     let shape = b.ints("heads_shape", &[1, 4, 2, 3]);
-    let mut split = |b: &mut B, x, perm: &[i64]| {
+    let split = |b: &mut B, x, perm: &[i64]| {
         let r = b.op("Reshape", &[x, shape], &[]);
         b.op("Transpose", &[r], &[("perm", ints(perm))])
     };
