@@ -194,7 +194,7 @@ impl Graph {
     ) -> Result<Vec<ValueType>> {
         let def = ops::lookup(op)?;
         let ctx = self.infer_ctx(attrs, opset, inputs, num_outputs);
-        let out = (def.infer)(&ctx)?;
+        let out = ops::infer(def, &ctx)?;
         if out.len() < num_outputs {
             bail!(
                 Invalid,
@@ -412,6 +412,17 @@ impl Graph {
         }
         self.values[id.0].constant = Some(Arc::new(t));
         Ok(())
+    }
+
+    /// Exchanges the names of two values, so a rewrite can give the value
+    /// that replaces another (e.g. a fused node's output) the name the model
+    /// used for it, graph outputs included.
+    pub fn swap_names(&mut self, a: ValueId, b: ValueId) {
+        let (na, nb) = (self.values[a.0].name.clone(), self.values[b.0].name.clone());
+        self.by_name.insert(na.clone(), b);
+        self.by_name.insert(nb.clone(), a);
+        self.values[a.0].name = nb;
+        self.values[b.0].name = na;
     }
 
     /// A value name not yet used, derived from `base`.

@@ -10,11 +10,14 @@ use crate::error::{Error, Result};
 use crate::ir::{Attrs, Tensor, ValueType};
 
 pub mod broadcast;
+mod attention;
 mod conv;
 mod elementwise;
+pub mod fused;
 mod linalg;
 mod misc;
 mod movement;
+pub mod nhwc;
 mod norm;
 mod pool;
 mod reduce;
@@ -141,8 +144,10 @@ impl OpTable {
 
 static TABLE: LazyLock<OpTable> = LazyLock::new(|| {
     let mut t = OpTable::default();
+    attention::register(&mut t);
     conv::register(&mut t);
     elementwise::register(&mut t);
+    fused::register(&mut t);
     linalg::register(&mut t);
     misc::register(&mut t);
     movement::register(&mut t);
@@ -168,6 +173,16 @@ pub fn names() -> Vec<&'static str> {
     v
 }
 
+/// Output types of one node: the op's inference, through the channels-last
+/// wrapper when the node has a `layout` attribute (see `nhwc`).
+pub fn infer(def: &OpDef, ctx: &InferCtx) -> Result<Vec<ValueType>> {
+    if nhwc::applies(ctx.attrs) {
+        nhwc::infer(def, ctx)
+    } else {
+        (def.infer)(ctx)
+    }
+}
+
 /// Evaluates one node and checks the results against the inferred types.
 pub fn eval(
     op: &str,
@@ -183,7 +198,11 @@ pub fn eval(
         inputs,
         outputs,
     };
-    let mut out = (def.eval)(&ctx)?;
+    let mut out = if nhwc::applies(attrs) {
+        nhwc::eval(def, &ctx)?
+    } else {
+        (def.eval)(&ctx)?
+    };
     if out.len() < outputs.len() {
         bail!(
             Internal,

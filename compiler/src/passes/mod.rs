@@ -10,7 +10,10 @@
 mod const_fold;
 mod cse;
 mod dce;
+pub mod fuse;
+pub mod layout;
 pub mod plan;
+mod rewrite;
 
 use std::fmt::Write;
 use std::time::{Duration, Instant};
@@ -34,6 +37,16 @@ pub const ALL: &[Pass] = &[
         run: const_fold::run,
     },
     Pass {
+        name: "fuse",
+        about: "fuse Conv/Gemm/MatMul epilogues (bias, activation, residual), elementwise chains, LayerNorm, GELU and attention",
+        run: fuse::run,
+    },
+    Pass {
+        name: "layout",
+        about: "run convolutional graphs channels-last (NHWC), converting only at the edges; cancel transposes",
+        run: layout::run,
+    },
+    Pass {
         name: "cse",
         about: "merge nodes with the same op, attributes and inputs, and identical small constants",
         run: cse::run,
@@ -46,7 +59,7 @@ pub const ALL: &[Pass] = &[
 ];
 
 /// The compiler's pipeline, in order.
-pub const DEFAULT_PIPELINE: &[&str] = &["const_fold", "cse", "dce"];
+pub const DEFAULT_PIPELINE: &[&str] = &["const_fold", "fuse", "layout", "cse", "dce"];
 
 pub fn lookup(name: &str) -> Result<&'static Pass> {
     ALL.iter().find(|p| p.name == name).ok_or_else(|| {
