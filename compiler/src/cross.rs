@@ -133,6 +133,9 @@ pub fn run_foreign_timeout(
         "model name '{name}' is not a C identifier"
     );
     let tc = toolchain(target)?;
+    // Absolute, as the harness runs inside it.
+    std::fs::create_dir_all(workdir).map_err(|e| Error::io(workdir, e))?;
+    let workdir = &workdir.canonicalize().map_err(|e| Error::io(workdir, e))?;
     let outdir = workdir.join("outputs");
     std::fs::create_dir_all(&outdir).map_err(|e| Error::io(&outdir, e))?;
 

@@ -291,6 +291,34 @@ fn a_hang_is_a_timeout_naming_the_model() {
 }
 
 #[test]
+fn a_relative_workdir_works() {
+    let target = Target::host();
+    let dir = workdir("relative");
+    let obj = object("add_one.c", &target, &[], &dir);
+    let header = fixtures().join("add_one.h");
+    // `dir` relative to the current directory: `..` up to the common prefix.
+    let cwd = std::env::current_dir().unwrap();
+    let common = cwd
+        .components()
+        .zip(dir.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let mut rel = PathBuf::new();
+    for _ in cwd.components().skip(common) {
+        rel.push("..");
+    }
+    rel.extend(dir.components().skip(common));
+    assert!(
+        rel.is_relative() && rel.join("add_one.o").is_file(),
+        "{}",
+        rel.display()
+    );
+    let (x, want) = add_one_input();
+    let outs = run_foreign(&obj, &header, "add_one", &target, &[("x".into(), x)], &rel).unwrap();
+    check_add_one(&outs, &want);
+}
+
+#[test]
 fn model_names_must_be_c_identifiers() {
     let dir = workdir("bad-name");
     let e = run_foreign(
