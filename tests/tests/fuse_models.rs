@@ -39,6 +39,7 @@ fn passes(name: &str, with_layout: bool) -> Graph {
     let got = interp::run(&after, &ins).unwrap();
     for (i, (a, b)) in got.iter().zip(&want).enumerate() {
         let d = rel_diff(a, b);
+        println!("{name} output {i}: max relative difference {d:e}");
         assert!(d <= 1e-4, "{name} output {i}: relative difference {d:e}");
     }
     println!(
@@ -89,9 +90,7 @@ fn bert_base() {
     let gelus = g
         .node_indices()
         .into_iter()
-        .filter(|&n| {
-            g.node(n).attrs.string("activation", "").ok() == Some("Gelu")
-        })
+        .filter(|&n| g.node(n).attrs.string("activation", "").ok() == Some("Gelu"))
         .count();
     assert_eq!(gelus, 12);
 }

@@ -284,11 +284,7 @@ fn elementwise_chain() {
     let c = b.scalar("c", 1.5);
     let s = b.op("Mul", &[x, c], &[]);
     let s = b.op("Add", &[s, y], &[]);
-    let s = b.op(
-        "HardSigmoid",
-        &[s],
-        &[("alpha", Attr::Float(0.25))],
-    );
+    let s = b.op("HardSigmoid", &[s], &[("alpha", Attr::Float(0.25))]);
     let s = b.op("Mul", &[x, s], &[]);
     let s = b.op("Neg", &[s], &[]);
     b.output(s);

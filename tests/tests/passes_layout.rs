@@ -15,7 +15,10 @@ fn conv(b: &mut B, x: cpucc::ir::ValueId, cin: usize, cout: usize) -> cpucc::ir:
     b.op(
         "Conv",
         &[x, w],
-        &[("kernel_shape", ints(&[3, 3])), ("pads", ints(&[1, 1, 1, 1]))],
+        &[
+            ("kernel_shape", ints(&[3, 3])),
+            ("pads", ints(&[1, 1, 1, 1])),
+        ],
     )
 }
 
@@ -123,9 +126,8 @@ fn batchnorm_resize_and_split() {
     let y = b.op_opt("Resize", vec![Some(y), None, Some(scales)], &[]);
     let split = b.ints("split", &[1, 3]);
     let k = b.g.fresh_name("s");
-    let n = b
-        .g
-        .add_node(
+    let n =
+        b.g.add_node(
             "Split_x",
             "Split",
             13,

@@ -43,7 +43,7 @@ fn heads_attr(c_attrs: &crate::ir::Attrs, name: &str) -> Result<usize> {
 
 fn split(hidden: usize, heads: usize, what: &str) -> Result<usize> {
     ensure!(
-        hidden % heads == 0,
+        hidden.is_multiple_of(heads),
         Invalid,
         "{what} hidden size {hidden} is not a multiple of {heads} heads"
     );
@@ -106,7 +106,7 @@ fn dims(c: &InferCtx) -> Result<Dims> {
         "Q head size {head} differs from K head size {k_head}"
     );
     ensure!(
-        kv_heads > 0 && q_heads % kv_heads == 0,
+        kv_heads > 0 && q_heads.is_multiple_of(kv_heads),
         Invalid,
         "q heads ({q_heads}) must be a multiple of kv heads ({kv_heads})"
     );
@@ -126,7 +126,8 @@ fn dims(c: &InferCtx) -> Result<Dims> {
         );
         past = pk.shape.get(2).copied().unwrap_or(0);
         ensure!(
-            pk.shape == [batch, kv_heads, past, head] && pv.shape == [batch, kv_heads, past, v_head],
+            pk.shape == [batch, kv_heads, past, head]
+                && pv.shape == [batch, kv_heads, past, v_head],
             Invalid,
             "past_key {:?} / past_value {:?} must be [{batch}, {kv_heads}, P, {head}] / [.., {v_head}]",
             pk.shape,

@@ -77,7 +77,12 @@ fn activation(attrs: &Attrs) -> Result<(&str, f32, f32)> {
 
 /// Runs one standard op on known tensors (inference, then evaluation), as
 /// the interpreter would for a standalone node.
-pub(super) fn step(op: &str, attrs: &Attrs, opset: i64, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
+pub(super) fn step(
+    op: &str,
+    attrs: &Attrs,
+    opset: i64,
+    inputs: &[Option<&Tensor>],
+) -> Result<Tensor> {
     let types: Vec<Option<ValueType>> = inputs.iter().map(|t| t.map(ValueType::of)).collect();
     let ctx = InferCtx {
         attrs,

@@ -15,8 +15,8 @@ use std::collections::{HashMap, HashSet};
 use petgraph::stable_graph::NodeIndex;
 
 use super::rewrite::{
-    Replacement, add_const, binary, const_scalar, constant, near, other_operand, out,
-    produced_by, producer, replace, sole_user,
+    Replacement, add_const, binary, const_scalar, constant, near, other_operand, out, produced_by,
+    producer, replace, sole_user,
 };
 use crate::error::Result;
 use crate::ir::{Attr, Attrs, DType, Graph, Tensor, ValueId};
@@ -90,7 +90,11 @@ fn reduce_axes(g: &Graph, n: NodeIndex) -> Option<Vec<usize>> {
             None => Vec::new(),
         }
     } else {
-        node.attrs.ints_opt("axes").ok()?.unwrap_or_default().to_vec()
+        node.attrs
+            .ints_opt("axes")
+            .ok()?
+            .unwrap_or_default()
+            .to_vec()
     };
     if axes.is_empty() {
         return (node.attrs.int("noop_with_empty_axes", 0).ok()? == 0).then(|| (0..rank).collect());
@@ -241,8 +245,8 @@ fn half_x_product(g: &Graph, a: ValueId, x: ValueId) -> Option<(ValueId, Vec<Nod
         (other_operand(g, m2, y1)? == x).then(|| (out(g, m2), vec![m1, m2]))
     } else {
         let h = produced_by(g, other, "Mul")?;
-        let ok = sole_user(g, other) == Some(m1)
-            && near(const_scalar(g, other_operand(g, h, x)?), 0.5);
+        let ok =
+            sole_user(g, other) == Some(m1) && near(const_scalar(g, other_operand(g, h, x)?), 0.5);
         ok.then(|| (y1, vec![h, m1]))
     }
 }
@@ -324,7 +328,11 @@ fn gelu_tanh(g: &mut Graph, n: NodeIndex) -> Result<bool> {
 fn cubic_term(g: &Graph, v: ValueId, x: ValueId) -> Option<Vec<NodeIndex>> {
     let m = produced_by(g, v, "Mul")?;
     let (a, b) = binary(g, m)?;
-    let (c, cube) = if const_scalar(g, a).is_some() { (a, b) } else { (b, a) };
+    let (c, cube) = if const_scalar(g, a).is_some() {
+        (a, b)
+    } else {
+        (b, a)
+    };
     if !near(const_scalar(g, c), 0.044715) || sole_user(g, cube) != Some(m) {
         return None;
     }
@@ -333,7 +341,13 @@ fn cubic_term(g: &Graph, v: ValueId, x: ValueId) -> Option<Vec<NodeIndex>> {
     match g.node(p).op.as_str() {
         "Pow" if u == x && near(const_scalar(g, w), 3.0) => Some(vec![p, m]),
         "Mul" => {
-            let sq = if u == x { w } else if w == x { u } else { return None };
+            let sq = if u == x {
+                w
+            } else if w == x {
+                u
+            } else {
+                return None;
+            };
             let s = produced_by(g, sq, "Mul")?;
             (binary(g, s)? == (x, x) && sole_user(g, sq) == Some(p)).then(|| vec![s, p, m])
         }
@@ -390,7 +404,10 @@ fn head_split(g: &Graph, v: ValueId) -> Option<(ValueId, Vec<usize>, Vec<NodeInd
         match g.node(p).op.as_str() {
             "Transpose" => {
                 let pp: Vec<usize> = match g.node(p).attrs.ints_opt("perm").ok()? {
-                    Some(pp) => pp.iter().map(|&i| usize::try_from(i).ok()).collect::<Option<_>>()?,
+                    Some(pp) => pp
+                        .iter()
+                        .map(|&i| usize::try_from(i).ok())
+                        .collect::<Option<_>>()?,
                     None => (0..4).rev().collect(),
                 };
                 if pp.len() != 4 {
@@ -494,7 +511,11 @@ fn attention_match(g: &Graph, n: NodeIndex) -> Option<AttentionMatch> {
         let ms = shape(g, mk);
         let fits = ms.len() <= 4
             && ms.last() == s.last()
-            && ms.iter().rev().zip(s.iter().rev()).all(|(&x, &y)| x == 1 || x == y)
+            && ms
+                .iter()
+                .rev()
+                .zip(s.iter().rev())
+                .all(|(&x, &y)| x == 1 || x == y)
             && g.value(mk).ty.dtype == g.value(logits).ty.dtype
             && shape(g, sc) == s.as_slice()
             && sole_user(g, sc).is_some();
@@ -532,7 +553,9 @@ fn attention_match(g: &Graph, n: NodeIndex) -> Option<AttentionMatch> {
     let last = out(g, merge);
     let (ts, ls) = (shape(g, out(g, tr)), shape(g, last));
     let heads = s[1];
-    let float = [q, k, v].iter().all(|&x| g.value(x).ty.dtype == g.value(logits).ty.dtype)
+    let float = [q, k, v]
+        .iter()
+        .all(|&x| g.value(x).ty.dtype == g.value(logits).ty.dtype)
         && is_float(g, q);
     let merged = ls.len() == 3 && ls[..2] == ts[..2] && ls[2] == ts[2] * ts[3];
     let vh = g.node(pv).inputs[1]?;
@@ -585,7 +608,10 @@ fn activation_of(g: &Graph, n: NodeIndex) -> Option<(&'static str, Option<(f32, 
         },
         "Clip" if node.opset < 11 => (
             "Clip",
-            Some((a.float("min", f32::MIN).ok()?, a.float("max", f32::MAX).ok()?)),
+            Some((
+                a.float("min", f32::MIN).ok()?,
+                a.float("max", f32::MAX).ok()?,
+            )),
         ),
         "Clip" => {
             let bound = |i: usize, absent: f32| -> Option<f32> {
@@ -598,7 +624,10 @@ fn activation_of(g: &Graph, n: NodeIndex) -> Option<(&'static str, Option<(f32, 
                     }
                 }
             };
-            ("Clip", Some((bound(1, f32::NEG_INFINITY)?, bound(2, f32::INFINITY)?)))
+            (
+                "Clip",
+                Some((bound(1, f32::NEG_INFINITY)?, bound(2, f32::INFINITY)?)),
+            )
         }
         _ => return None,
     })
@@ -641,7 +670,9 @@ fn fold_batch_norm(
     }
     let eps = bnode.attrs.float("epsilon", 1e-5)? as f64;
     let [gamma, beta, mean, var] = [0, 1, 2, 3].map(|i| p[i].to_f64_vec());
-    let s: Vec<f64> = (0..cout).map(|c| gamma[c] / (var[c] + eps).sqrt()).collect();
+    let s: Vec<f64> = (0..cout)
+        .map(|c| gamma[c] / (var[c] + eps).sqrt())
+        .collect();
     let per = wt.len() / cout.max(1);
     let w2: Vec<f64> = wt
         .to_f64_vec()
@@ -671,7 +702,10 @@ fn channel_bias(g: &Graph, c: ValueId, y: ValueId) -> Option<Tensor> {
         return None;
     }
     let lead = ys.len() - cs.len();
-    let ok = cs.iter().enumerate().all(|(i, &d)| d == 1 || (i + lead == 1 && d == ys[1]));
+    let ok = cs
+        .iter()
+        .enumerate()
+        .all(|(i, &d)| d == 1 || (i + lead == 1 && d == ys[1]));
     (ok && t.len() == ys[1]).then(|| t.reshape(&[ys[1]]).ok())?
 }
 
@@ -818,7 +852,8 @@ fn elementwise(g: &mut Graph, root: NodeIndex) -> Result<bool> {
     if order.len() < 2 {
         return Ok(false);
     }
-    let step_of: HashMap<NodeIndex, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let step_of: HashMap<NodeIndex, usize> =
+        order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
     let (mut ops_, mut arity, mut args, mut alpha, mut beta) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut externals: Vec<ValueId> = Vec::new();
@@ -842,7 +877,11 @@ fn elementwise(g: &mut Graph, root: NodeIndex) -> Result<bool> {
         }
         let (an, da, bn, db) = fused::step_attr_names(&node.op).expect("a chain op");
         let get = |name: &str, d: f32| -> Result<f32> {
-            if name.is_empty() { Ok(0.0) } else { node.attrs.float(name, d) }
+            if name.is_empty() {
+                Ok(0.0)
+            } else {
+                node.attrs.float(name, d)
+            }
         };
         alpha.push(get(an, da)?);
         beta.push(get(bn, db)?);

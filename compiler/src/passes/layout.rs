@@ -25,7 +25,10 @@ use crate::ops::{self, fused, nhwc};
 
 pub fn run(g: &mut Graph) -> Result<()> {
     let order = g.topo_order()?;
-    if !order.iter().any(|&n| is_spatial(g, n) && g.node(n).op.ends_with("Conv")) {
+    if !order
+        .iter()
+        .any(|&n| is_spatial(g, n) && g.node(n).op.ends_with("Conv"))
+    {
         return Ok(());
     }
     let mut st = State::default();
@@ -35,7 +38,7 @@ pub fn run(g: &mut Graph) -> Result<()> {
     for i in 0..g.outputs.len() {
         let o = g.outputs[i];
         if st.converted.contains(&o) {
-            let back = st.to_nchw(g, o)?;
+            let back = st.nchw_of(g, o)?;
             g.swap_names(back, o);
             g.outputs[i] = back;
         }
@@ -105,10 +108,7 @@ fn transpose(g: &mut Graph, x: ValueId, perm: &[usize], suffix: &str) -> Result<
     let base = g.value(x).name.clone();
     let name = g.fresh_name(&format!("{base}.{suffix}"));
     let mut attrs = Attrs::default();
-    attrs.set(
-        "perm",
-        Attr::Ints(perm.iter().map(|&p| p as i64).collect()),
-    );
+    attrs.set("perm", Attr::Ints(perm.iter().map(|&p| p as i64).collect()));
     let n = g.add_node(
         &format!("layout/{suffix}/{base}"),
         "Transpose",
@@ -122,7 +122,7 @@ fn transpose(g: &mut Graph, x: ValueId, perm: &[usize], suffix: &str) -> Result<
 
 impl State {
     /// `v` in NCHW: itself, or a Transpose back from its NHWC form.
-    fn to_nchw(&mut self, g: &mut Graph, v: ValueId) -> Result<ValueId> {
+    fn nchw_of(&mut self, g: &mut Graph, v: ValueId) -> Result<ValueId> {
         if !self.converted.contains(&v) {
             return Ok(v);
         }
@@ -135,7 +135,7 @@ impl State {
     }
 
     /// `v` (4-D) in NHWC: its NHWC form, or a new Transpose into it.
-    fn to_nhwc(&mut self, g: &mut Graph, v: ValueId) -> Result<ValueId> {
+    fn nhwc_of(&mut self, g: &mut Graph, v: ValueId) -> Result<ValueId> {
         if let Some(&t) = self.nhwc.get(&v) {
             return Ok(t);
         }
@@ -151,7 +151,7 @@ impl State {
     fn operand(&mut self, g: &mut Graph, v: ValueId) -> Result<Option<ValueId>> {
         let ty = g.value(v).ty.clone();
         if self.nhwc.contains_key(&v) || (ty.shape.len() == 4 && constant(g, v).is_none()) {
-            return self.to_nhwc(g, v).map(Some);
+            return self.nhwc_of(g, v).map(Some);
         }
         if ty.numel() == 1 {
             return Ok(Some(v));
@@ -208,7 +208,7 @@ fn convert(g: &mut Graph, st: &mut State, n: NodeIndex) -> Result<()> {
     if !done && g.node(n).inputs.iter().any(reads_converted) {
         let mut ins = g.node(n).inputs.clone();
         for v in ins.iter_mut().flatten() {
-            *v = st.to_nchw(g, *v)?;
+            *v = st.nchw_of(g, *v)?;
         }
         g.set_inputs(n, ins);
     }
@@ -225,8 +225,7 @@ fn emit(
     inputs: Vec<Option<ValueId>>,
 ) -> Result<bool> {
     let node = g.node(n).clone();
-    if g
-        .infer(&node.op, node.opset, &attrs, &inputs, node.outputs.len())
+    if g.infer(&node.op, node.opset, &attrs, &inputs, node.outputs.len())
         .is_err()
     {
         return Ok(false);
@@ -255,9 +254,9 @@ fn spatial(g: &mut Graph, st: &mut State, n: NodeIndex) -> Result<bool> {
     for (i, v) in ins.iter_mut().enumerate() {
         if let Some(x) = v {
             *x = if data.contains(&i) {
-                st.to_nhwc(g, *x)?
+                st.nhwc_of(g, *x)?
             } else {
-                st.to_nchw(g, *x)?
+                st.nchw_of(g, *x)?
             };
         }
     }
@@ -286,7 +285,14 @@ fn elementwise(g: &mut Graph, st: &mut State, n: NodeIndex) -> Result<bool> {
 
 /// Replaces node `n` (reading an NHWC value) by `op` computing the same
 /// ONNX-layout output.
-fn exit(g: &mut Graph, n: NodeIndex, op: &str, opset: i64, attrs: Attrs, inputs: Vec<Option<ValueId>>) -> Result<bool> {
+fn exit(
+    g: &mut Graph,
+    n: NodeIndex,
+    op: &str,
+    opset: i64,
+    attrs: Attrs,
+    inputs: Vec<Option<ValueId>>,
+) -> Result<bool> {
     let node = g.node(n).clone();
     replace(
         g,
@@ -306,19 +312,36 @@ fn exit(g: &mut Graph, n: NodeIndex, op: &str, opset: i64, attrs: Attrs, inputs:
 /// orders agree (C == 1 or H*W == 1): a Reshape of the NHWC data.
 fn flatten(g: &mut Graph, st: &mut State, n: NodeIndex) -> Result<bool> {
     let node = g.node(n).clone();
-    let Some(x) = node.inputs[0] else { return Ok(false) };
+    let Some(x) = node.inputs[0] else {
+        return Ok(false);
+    };
     let s = g.value(x).ty.shape.clone();
     if s.len() != 4 || node.outputs.len() != 1 || !(s[1] == 1 || s[2] * s[3] == 1) {
         return Ok(false);
     }
-    let Some(&xn) = st.nhwc.get(&x) else { return Ok(false) };
-    let target: Vec<i64> = g.value(node.outputs[0]).ty.shape.iter().map(|&d| d as i64).collect();
+    let Some(&xn) = st.nhwc.get(&x) else {
+        return Ok(false);
+    };
+    let target: Vec<i64> = g
+        .value(node.outputs[0])
+        .ty
+        .shape
+        .iter()
+        .map(|&d| d as i64)
+        .collect();
     let shape = add_const(
         g,
         &format!("{}.shape", node.name),
         Tensor::from_vec(&[target.len()], target)?,
     )?;
-    exit(g, n, "Reshape", node.opset.max(5), Attrs::default(), vec![Some(xn), Some(shape)])
+    exit(
+        g,
+        n,
+        "Reshape",
+        node.opset.max(5),
+        Attrs::default(),
+        vec![Some(xn), Some(shape)],
+    )
 }
 
 /// NCHW axes (of a rank-4 tensor) as NHWC axes.
@@ -330,7 +353,9 @@ fn remap_axes(axes: &[i64]) -> Option<Vec<i64>> {
 
 fn reduce(g: &mut Graph, st: &mut State, n: NodeIndex) -> Result<bool> {
     let node = g.node(n).clone();
-    let Some(x) = node.inputs[0] else { return Ok(false) };
+    let Some(x) = node.inputs[0] else {
+        return Ok(false);
+    };
     if g.value(x).ty.shape.len() != 4 {
         return Ok(false);
     }
@@ -347,7 +372,10 @@ fn reduce(g: &mut Graph, st: &mut State, n: NodeIndex) -> Result<bool> {
     let Some(new_axes) = remap_axes(&axes) else {
         return Ok(false);
     };
-    let reduced: Vec<usize> = new_axes.iter().map(|&a| nhwc::TO_NHWC[a as usize]).collect();
+    let reduced: Vec<usize> = new_axes
+        .iter()
+        .map(|&a| nhwc::TO_NHWC[a as usize])
+        .collect();
     if !axes.is_empty() {
         if let Some(a) = node.inputs.get(1).copied().flatten() {
             let name = format!("{}.nhwc", g.value(a).name);
@@ -357,7 +385,9 @@ fn reduce(g: &mut Graph, st: &mut State, n: NodeIndex) -> Result<bool> {
             attrs.set("axes", Attr::Ints(new_axes));
         }
     }
-    let Some(&xn) = st.nhwc.get(&x) else { return Ok(false) };
+    let Some(&xn) = st.nhwc.get(&x) else {
+        return Ok(false);
+    };
     ins[0] = Some(xn);
     if keep {
         return emit(g, st, n, attrs, ins);
@@ -398,24 +428,29 @@ fn concat(g: &mut Graph, st: &mut State, n: NodeIndex) -> Result<bool> {
 
 /// A 4-D value in NHWC: constants permuted, others transposed.
 fn nhwc_or_permuted(g: &mut Graph, st: &mut State, v: ValueId) -> Result<ValueId> {
-    if constant(g, v).is_some() && !st.nhwc.contains_key(&v) {
-        if let Some(c) = st.operand(g, v)? {
-            return Ok(c);
-        }
+    if constant(g, v).is_some()
+        && !st.nhwc.contains_key(&v)
+        && let Some(c) = st.operand(g, v)?
+    {
+        return Ok(c);
     }
-    st.to_nhwc(g, v)
+    st.nhwc_of(g, v)
 }
 
 fn split(g: &mut Graph, st: &mut State, n: NodeIndex) -> Result<bool> {
     let node = g.node(n).clone();
-    let Some(x) = node.inputs[0] else { return Ok(false) };
+    let Some(x) = node.inputs[0] else {
+        return Ok(false);
+    };
     let Ok(axis) = ops::axis(node.attrs.int("axis", 0)?, 4) else {
         return Ok(false);
     };
     if g.value(x).ty.shape.len() != 4 {
         return Ok(false);
     }
-    let Some(&xn) = st.nhwc.get(&x) else { return Ok(false) };
+    let Some(&xn) = st.nhwc.get(&x) else {
+        return Ok(false);
+    };
     let mut ins = node.inputs.clone();
     ins[0] = Some(xn);
     let mut attrs = node.attrs.clone();
@@ -425,17 +460,26 @@ fn split(g: &mut Graph, st: &mut State, n: NodeIndex) -> Result<bool> {
 
 fn pad(g: &mut Graph, st: &mut State, n: NodeIndex) -> Result<bool> {
     let node = g.node(n).clone();
-    let Some(x) = node.inputs[0] else { return Ok(false) };
-    let Some(&xn) = st.nhwc.get(&x) else { return Ok(false) };
+    let Some(x) = node.inputs[0] else {
+        return Ok(false);
+    };
+    let Some(&xn) = st.nhwc.get(&x) else {
+        return Ok(false);
+    };
     let mut ins = node.inputs.clone();
     let mut attrs = node.attrs.clone();
     let permute_pads = |p: &[i64]| -> Vec<i64> {
         let (b, e) = p.split_at(4);
         let o = nhwc::TO_NHWC;
-        o.iter().map(|&i| b[i]).chain(o.iter().map(|&i| e[i])).collect()
+        o.iter()
+            .map(|&i| b[i])
+            .chain(o.iter().map(|&i| e[i]))
+            .collect()
     };
     if node.opset < 11 {
-        let Some(p) = node.attrs.ints_opt("pads")? else { return Ok(false) };
+        let Some(p) = node.attrs.ints_opt("pads")? else {
+            return Ok(false);
+        };
         if p.len() != 8 {
             return Ok(false);
         }
@@ -448,9 +492,15 @@ fn pad(g: &mut Graph, st: &mut State, n: NodeIndex) -> Result<bool> {
             return Ok(false);
         };
         let name = format!("{}.nhwc", g.value(a).name);
-        ins[3] = Some(add_const(g, &name, Tensor::from_vec(&[new_axes.len()], new_axes)?)?);
+        ins[3] = Some(add_const(
+            g,
+            &name,
+            Tensor::from_vec(&[new_axes.len()], new_axes)?,
+        )?);
     } else {
-        let Some(pv) = node.inputs.get(1).copied().flatten() else { return Ok(false) };
+        let Some(pv) = node.inputs.get(1).copied().flatten() else {
+            return Ok(false);
+        };
         let Some(p) = constant(g, pv).map(|t| t.to_i64_vec()).transpose()? else {
             return Ok(false);
         };
@@ -458,7 +508,11 @@ fn pad(g: &mut Graph, st: &mut State, n: NodeIndex) -> Result<bool> {
             return Ok(false);
         }
         let name = format!("{}.nhwc", g.value(pv).name);
-        ins[1] = Some(add_const(g, &name, Tensor::from_vec(&[8], permute_pads(&p))?)?);
+        ins[1] = Some(add_const(
+            g,
+            &name,
+            Tensor::from_vec(&[8], permute_pads(&p))?,
+        )?);
     }
     ins[0] = Some(xn);
     emit(g, st, n, attrs, ins)
@@ -468,7 +522,11 @@ fn pad(g: &mut Graph, st: &mut State, n: NodeIndex) -> Result<bool> {
 
 fn perm_of(g: &Graph, n: NodeIndex) -> Option<Vec<usize>> {
     let node = g.node(n);
-    let rank = g.value(node.inputs.first().copied().flatten()?).ty.shape.len();
+    let rank = g
+        .value(node.inputs.first().copied().flatten()?)
+        .ty
+        .shape
+        .len();
     match node.attrs.ints_opt("perm").ok()? {
         Some(p) => p.iter().map(|&i| usize::try_from(i).ok()).collect(),
         None => Some((0..rank).rev().collect()),
@@ -491,7 +549,9 @@ fn cancel_transposes(g: &mut Graph) -> Result<()> {
                 changed = true;
                 continue;
             }
-            let Some(x) = g.node(n).inputs[0] else { continue };
+            let Some(x) = g.node(n).inputs[0] else {
+                continue;
+            };
             let Some(p) = perm_of(g, n) else { continue };
             if let Some(t) = constant(g, x) {
                 if is_output {

@@ -3,6 +3,8 @@
 //! takes over the group's output (name included, so graph outputs keep
 //! their names).
 
+use std::collections::HashMap;
+
 use petgraph::stable_graph::NodeIndex;
 
 use crate::error::Result;
@@ -97,22 +99,31 @@ pub fn replace(g: &mut Graph, r: Replacement, last: ValueId, old: &[NodeIndex]) 
         Ok(t) if t.first() == Some(&g.value(last).ty) => {}
         _ => return Ok(false),
     }
+    // Provenance in execution order; a node rewritten alone keeps its own.
+    let pos: HashMap<NodeIndex, usize> = g
+        .topo_order()?
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| (n, i))
+        .collect();
+    let mut old = old.to_vec();
+    old.sort_by_key(|n| pos.get(n).copied());
+    let mut fused = Vec::new();
+    for &o in &old {
+        let node = g.node(o);
+        if node.fused.is_empty() && old.len() > 1 {
+            fused.push(node.name.clone());
+        } else {
+            fused.extend(node.fused.iter().cloned());
+        }
+    }
     let tmp = g.fresh_name(&format!("{}.fused", g.value(last).name));
     let n = g.add_node(r.name, r.op, r.opset, r.attrs, r.inputs, &[tmp])?;
     let new = out(g, n);
     g.value_mut(new).layout = g.value(last).layout;
     g.swap_names(new, last);
     g.replace_uses(last, new);
-    let mut fused = Vec::new();
-    for &o in old {
-        let node = g.node(o);
-        if node.fused.is_empty() {
-            fused.push(node.name.clone());
-        } else {
-            fused.extend(node.fused.iter().cloned());
-        }
-    }
-    for &o in old {
+    for &o in &old {
         g.remove_node(o);
     }
     g.node_mut(n).fused = fused;

@@ -125,7 +125,11 @@ pub fn rel_diff(got: &Tensor, want: &Tensor) -> f64 {
 
 /// Runs `pass` on a copy of `g`; returns the IR text before and after and
 /// asserts both graphs compute the same outputs within `tol`.
-pub fn before_after(g: &Graph, pass: fn(&mut Graph) -> cpucc::Result<()>, tol: f64) -> (String, Graph) {
+pub fn before_after(
+    g: &Graph,
+    pass: fn(&mut Graph) -> cpucc::Result<()>,
+    tol: f64,
+) -> (String, Graph) {
     let before = print(g).unwrap();
     let mut after = g.clone();
     pass(&mut after).unwrap();
@@ -135,7 +139,10 @@ pub fn before_after(g: &Graph, pass: fn(&mut Graph) -> cpucc::Result<()>, tol: f
     let got = interp::run(&after, &ins).unwrap();
     for (i, (a, b)) in got.iter().zip(&want).enumerate() {
         let d = rel_diff(a, b);
-        assert!(d <= tol, "output {i}: relative difference {d:e} > {tol:e}\n{text}");
+        assert!(
+            d <= tol,
+            "output {i}: relative difference {d:e} > {tol:e}\n{text}"
+        );
     }
     (format!("{before}\n=== after ===\n\n{text}"), after)
 }
