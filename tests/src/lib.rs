@@ -3,3 +3,4 @@
 
 pub mod conformance;
 pub mod models;
+pub mod random_graph;
