@@ -8,7 +8,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use cpucc::codegen::jit::JitModel;
-use cpucc::codegen::{Dumps, Machine};
+use cpucc::codegen::{Dumps, Target, artifact};
+use cpucc::cross;
 use cpucc::import::{self, ImportOptions, onnx::proto::ModelProto};
 use cpucc::ir::{DType, Graph, Tensor};
 use cpucc::{Error, interp, io};
@@ -30,22 +31,48 @@ pub struct CaseResult {
     pub outcome: Outcome,
 }
 
+static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// What runs the test models.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Engine {
     /// The reference interpreter.
     Interp,
     /// Native code for the host, compiled in-process.
     Jit,
+    /// An object for another target, linked with the C harness and run
+    /// (under qemu for aarch64).
+    Cross(Target),
 }
 
 impl Engine {
-    pub fn run(self, graph: &Graph, inputs: &[Tensor]) -> cpucc::Result<Vec<Tensor>> {
+    pub fn run(&self, graph: &Graph, inputs: &[Tensor]) -> cpucc::Result<Vec<Tensor>> {
         match self {
             Engine::Interp => interp::run(graph, inputs),
             Engine::Jit => {
-                let m = JitModel::compile(graph, &Machine::host(), &mut Dumps::default())?;
+                let m = JitModel::compile(graph, &Target::host(), &mut Dumps::default())?;
                 m.run(inputs)
+            }
+            Engine::Cross(t) => {
+                let dir = std::env::temp_dir().join(format!(
+                    "cpucc-conf-{}-{}",
+                    std::process::id(),
+                    COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                ));
+                std::fs::create_dir_all(&dir).map_err(|e| cpucc::Error::io(&dir, e))?;
+                let art = artifact::compile(graph, t, "model", &mut Dumps::default())?;
+                let (obj, hdr) = (dir.join("model.o"), dir.join("model.h"));
+                std::fs::write(&obj, &art.object).map_err(|e| cpucc::Error::io(&obj, e))?;
+                std::fs::write(&hdr, &art.header).map_err(|e| cpucc::Error::io(&hdr, e))?;
+                let named: Vec<(String, Tensor)> = graph
+                    .inputs
+                    .iter()
+                    .zip(inputs)
+                    .map(|(&v, t)| (graph.value(v).name.clone(), t.clone()))
+                    .collect();
+                let out = cross::run_foreign(&obj, &hdr, "model", t, &named, &dir);
+                let _ = std::fs::remove_dir_all(&dir);
+                out
             }
         }
     }
@@ -75,7 +102,7 @@ pub fn cases(root: &Path, filter: Option<&str>) -> anyhow::Result<Vec<PathBuf>> 
     Ok(v)
 }
 
-pub fn run_case(dir: &Path, engine: Engine) -> CaseResult {
+pub fn run_case(dir: &Path, engine: &Engine) -> CaseResult {
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -95,7 +122,7 @@ pub fn run_case(dir: &Path, engine: Engine) -> CaseResult {
     CaseResult { name, op, outcome }
 }
 
-fn run_inner(dir: &Path, engine: Engine) -> anyhow::Result<(String, Outcome)> {
+fn run_inner(dir: &Path, engine: &Engine) -> anyhow::Result<(String, Outcome)> {
     let meta: Meta = serde_json::from_slice(&std::fs::read(dir.join("meta.json"))?)?;
     let op = meta.op.clone().unwrap_or_else(|| "(expanded)".to_string());
     if meta.non_tensor {

@@ -167,7 +167,7 @@ impl Gen {
 
     fn conv(&mut self, x: ValueId) {
         let c = self.shape(x)[1];
-        let group = if c % 2 == 0 && self.below(3) == 0 {
+        let group = if c.is_multiple_of(2) && self.below(3) == 0 {
             2
         } else {
             1

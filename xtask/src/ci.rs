@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::{check_ort, conformance, venv};
+use crate::{check_ort, conformance, examples, venv};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -27,6 +27,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     cargo(&["test", "--workspace", "--quiet"])?;
     conformance::main(conformance::Args::check(conformance::EngineArg::Interp))?;
     conformance::main(conformance::Args::check(conformance::EngineArg::Jit))?;
+    examples::main()?;
     if !a.skip_ort {
         check_ort::main(check_ort::Args::default())?;
     }

@@ -31,6 +31,10 @@ pub struct Args {
     /// compiled in-process for the host.
     #[arg(long, value_enum, default_value_t = EngineArg::Interp)]
     engine: EngineArg,
+    /// Run native code for this target instead (e.g. graviton3: objects
+    /// linked with the C harness and run under qemu-aarch64).
+    #[arg(long, conflicts_with = "engine")]
+    target: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -48,6 +52,7 @@ impl Args {
             bless: false,
             verbose: false,
             engine,
+            target: None,
         }
     }
 }
@@ -55,10 +60,11 @@ impl Args {
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The committed pass list of an engine: the floor `--check` enforces.
-fn expected_path(engine: EngineArg) -> PathBuf {
-    let file = match engine {
-        EngineArg::Interp => "expected_pass.txt",
-        EngineArg::Jit => "expected_pass_jit.txt",
+fn expected_path(args: &Args) -> PathBuf {
+    let file = match (&args.target, args.engine) {
+        (Some(t), _) => format!("expected_pass_{t}.txt"),
+        (None, EngineArg::Interp) => "expected_pass.txt".to_string(),
+        (None, EngineArg::Jit) => "expected_pass_jit.txt".to_string(),
     };
     venv::root().join("tests/conformance").join(file)
 }
@@ -103,15 +109,16 @@ pub fn main(args: Args) -> anyhow::Result<()> {
     });
     // Panics are caught and reported per test; keep their messages short.
     std::panic::set_hook(Box::new(|_| {}));
-    let engine = match args.engine {
-        EngineArg::Interp => Engine::Interp,
-        EngineArg::Jit => Engine::Jit,
+    let engine = match (&args.target, args.engine) {
+        (Some(spec), _) => Engine::Cross(cpucc::codegen::Target::parse(spec)?),
+        (None, EngineArg::Interp) => Engine::Interp,
+        (None, EngineArg::Jit) => Engine::Jit,
     };
     let start = Instant::now();
     let mut results = Vec::with_capacity(cases.len());
     for c in &cases {
         *current.lock().expect("watchdog lock") = Some((c.display().to_string(), Instant::now()));
-        let r = conformance::run_case(c, engine);
+        let r = conformance::run_case(c, &engine);
         if args.filter.is_some() {
             println!("{:<60} {}", r.name, describe(&r.outcome));
         }
@@ -137,18 +144,18 @@ pub fn main(args: Args) -> anyhow::Result<()> {
         .collect();
     if args.bless {
         let body: String = passing.iter().map(|n| format!("{n}\n")).collect();
-        std::fs::write(expected_path(args.engine), body)?;
+        std::fs::write(expected_path(&args), body)?;
         println!(
             "wrote {} passing tests to {}",
             passing.len(),
-            expected_path(args.engine).display()
+            expected_path(&args).display()
         );
     }
     if args.check {
         if !panics.is_empty() {
             bail!("{} tests panicked: {}", panics.len(), panics.join(", "));
         }
-        let expected = std::fs::read_to_string(expected_path(args.engine))?;
+        let expected = std::fs::read_to_string(expected_path(&args))?;
         let regressed: Vec<&str> = expected
             .lines()
             .filter(|l| !l.is_empty() && !passing.contains(l))

@@ -3,6 +3,7 @@
 mod check_ort;
 mod ci;
 mod conformance;
+mod examples;
 mod models;
 mod venv;
 
@@ -14,8 +15,11 @@ enum Task {
     /// Formatting, clippy, all tests, the conformance floor and the
     /// onnxruntime comparison: what `.ci/run` runs.
     Ci(ci::Args),
-    /// Run the ONNX backend node tests through the interpreter.
+    /// Run the ONNX backend node tests through the interpreter or native
+    /// code.
     Conformance(conformance::Args),
+    /// Build and run the C and Rust example apps that embed a model.
+    Examples,
     /// Write the test models (ResNet-50, MobileNetV2, BERT-base, MLP,
     /// conv_relu) to target/models/.
     Models(models::Args),
@@ -27,6 +31,7 @@ fn main() -> anyhow::Result<()> {
     match Task::parse() {
         Task::Ci(a) => ci::main(a),
         Task::Conformance(a) => conformance::main(a),
+        Task::Examples => examples::main(),
         Task::Models(a) => models::main(a),
         Task::CheckOrt(a) => check_ort::main(a),
     }

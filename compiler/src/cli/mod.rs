@@ -1,5 +1,8 @@
 //! Subcommands and their flags.
 
+mod bench;
+mod compile;
+mod engine;
 mod inspect;
 mod run;
 mod targets;
@@ -25,8 +28,13 @@ pub struct Cli {
 enum Command {
     /// Print the IR, op counts, parameter count and MACs of a model.
     Inspect(inspect::Args),
-    /// Run a model on inputs from files (or fixed-seed random inputs).
+    /// Compile a model to an object file, C header and Rust bindings.
+    Compile(compile::Args),
+    /// Run a model (compiled for the host, or the interpreter) on inputs
+    /// from files or fixed-seed random inputs.
     Run(run::Args),
+    /// Time a compiled model: min / median / p90 latency.
+    Bench(bench::Args),
     /// List the target presets (features, SVE length, caches) and the host.
     Targets(targets::Args),
 }
@@ -40,6 +48,30 @@ struct ModelArgs {
     /// symbolic dimensions).
     #[arg(long = "shape", value_name = "NAME=DIMS")]
     shapes: Vec<String>,
+}
+
+/// Which graph passes run before code generation.
+#[derive(clap::Args)]
+struct PassArgs {
+    /// Comma-separated pass list replacing the default pipeline (`none`
+    /// for no passes).
+    #[arg(long)]
+    passes: Option<String>,
+    /// Print node counts, layout conversions, fused groups and arena bytes
+    /// per pass.
+    #[arg(long)]
+    stats: bool,
+}
+
+impl PassArgs {
+    fn run(&self, g: &mut cpucc::ir::Graph) -> Result<Vec<cpucc::passes::PassReport>> {
+        let list = match self.passes.as_deref() {
+            Some("none") => Vec::new(),
+            Some(l) => cpucc::passes::parse_list(l)?,
+            None => cpucc::passes::DEFAULT_PIPELINE.to_vec(),
+        };
+        cpucc::passes::run_pipeline(g, &list)
+    }
 }
 
 impl ModelArgs {
@@ -56,7 +88,9 @@ impl ModelArgs {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Command::Inspect(a) => inspect::main(a),
+        Command::Compile(a) => compile::main(a),
         Command::Run(a) => run::main(a),
+        Command::Bench(a) => bench::main(a),
         Command::Targets(a) => targets::main(a),
     }
 }

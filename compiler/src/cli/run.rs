@@ -1,6 +1,8 @@
-//! `cpucc run`: binds inputs from files, runs the model and writes outputs
-//! as `.npy` with an `outputs.json` index. Until compiled code exists both
-//! modes run the reference interpreter.
+//! `cpucc run`: binds inputs from files, runs the model (native code for the
+//! host through the JIT; another target's object under qemu; or the
+//! interpreter) and writes outputs as `.npy` with an `outputs.json` index.
+//! `--check` compares native code with the interpreter and, on a mismatch,
+//! names the first node whose compiled output diverges.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,7 +11,8 @@ use cpucc::ir::{Tensor, ValueType};
 use cpucc::random::SplitMix64;
 use cpucc::{Error, Result, import, interp, io};
 
-use super::ModelArgs;
+use super::{ModelArgs, PassArgs};
+use crate::cli::engine;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -22,9 +25,18 @@ pub struct Args {
     /// Write output_<i>.npy and outputs.json here.
     #[arg(long, value_name = "DIR")]
     output_dir: Option<PathBuf>,
-    /// Use the reference interpreter (currently the only engine).
-    #[arg(long)]
+    /// Use the reference interpreter instead of native code.
+    #[arg(long, conflicts_with = "check")]
     interp: bool,
+    /// Run native code and the interpreter, print the max abs/rel difference
+    /// per output, and fail when beyond tolerance.
+    #[arg(long)]
+    check: bool,
+    /// Target of the native code; a non-host target runs under qemu.
+    #[arg(long, default_value = "native")]
+    target: String,
+    #[command(flatten)]
+    passes: PassArgs,
     /// Seed for generated inputs when none are given.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -67,7 +79,22 @@ pub fn main(a: Args) -> Result<()> {
             })
             .collect::<Result<_>>()?
     };
-    let outputs = interp::run(&g, &inputs)?;
+    let outputs = if a.interp {
+        interp::run(&g, &inputs)?
+    } else {
+        let target = engine::target(&a.target)?;
+        let mut opt = g.clone();
+        a.passes.run(&mut opt)?;
+        let native = engine::run_native(&opt, &target, &inputs)?;
+        if a.check {
+            let reference = interp::run(&g, &inputs)?;
+            if !engine::report_diff(&g, &native, &reference) {
+                engine::bisect(&g, &target, &inputs)?;
+                std::process::exit(1);
+            }
+        }
+        native
+    };
     let mut index = Vec::new();
     for (i, (&id, t)) in g.outputs.iter().zip(&outputs).enumerate() {
         let name = &g.value(id).name;

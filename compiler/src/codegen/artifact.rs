@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use cranelift_object::{ObjectBuilder, ObjectModule};
 
-use super::{Dumps, Interface, Machine, isa, lower_graph};
+use super::{Dumps, Interface, Target, isa, lower_graph};
 use crate::error::{Error, Result};
 use crate::ir::{DType, Graph};
 
@@ -16,14 +16,14 @@ pub struct Artifact {
     pub rust: String,
 }
 
-pub fn compile(g: &Graph, machine: &Machine, name: &str, dumps: &mut Dumps) -> Result<Artifact> {
+pub fn compile(g: &Graph, target: &Target, name: &str, dumps: &mut Dumps) -> Result<Artifact> {
     if name.is_empty()
         || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         || name.starts_with(|c: char| c.is_ascii_digit())
     {
         bail!(Invalid, "--name {name:?} must be a C identifier");
     }
-    let isa = isa::build(&machine.triple, &machine.features, true)?;
+    let isa = isa::build(target, true)?;
     let builder = ObjectBuilder::new(
         isa,
         name.as_bytes().to_vec(),
@@ -31,7 +31,7 @@ pub fn compile(g: &Graph, machine: &Machine, name: &str, dumps: &mut Dumps) -> R
     )
     .map_err(|e| Error::Internal(format!("object builder: {e}")))?;
     let mut module = ObjectModule::new(builder);
-    let (iface, _) = lower_graph(g, &mut module, machine, name, dumps)?;
+    let (iface, _) = lower_graph(g, &mut module, target, name, dumps)?;
     let object = module
         .finish()
         .emit()
@@ -76,8 +76,8 @@ pub fn header(i: &Interface) -> String {
     );
     s.push_str(POOL_DECL);
     s.push('\n');
-    let _ = writeln!(s, "#define {up}_NUM_INPUTS {}", i.inputs.len());
-    let _ = writeln!(s, "#define {up}_NUM_OUTPUTS {}", i.outputs.len());
+    let _ = writeln!(s, "#define {n}_NUM_INPUTS {}", i.inputs.len());
+    let _ = writeln!(s, "#define {n}_NUM_OUTPUTS {}", i.outputs.len());
     for (kind, list) in [("input", &i.inputs), ("output", &i.outputs)] {
         let names: Vec<String> = list.iter().map(|(nm, _)| format!("{nm:?}")).collect();
         let dts: Vec<String> = list

@@ -2,11 +2,10 @@
 //! onto Cranelift's ISA flags. Features Cranelift has no flag for (AVX-512
 //! BF16, AMX, SVE, ...) only matter to the hand-written microkernels.
 
-use std::collections::BTreeSet;
-
+use cpucc_targets::Target;
 use cranelift_codegen::isa::{self, OwnedTargetIsa};
 use cranelift_codegen::settings::{self, Configurable};
-use target_lexicon::{Architecture, Triple};
+use target_lexicon::Architecture;
 
 use crate::error::{Error, Result};
 
@@ -37,7 +36,8 @@ const ARM_FLAGS: &[(&str, &str)] = &[
 
 /// Builds the ISA. `pic` is for objects linked into position-independent
 /// executables; the JIT wants it off.
-pub fn build(triple: &Triple, features: &BTreeSet<String>, pic: bool) -> Result<OwnedTargetIsa> {
+pub fn build(target: &Target, pic: bool) -> Result<OwnedTargetIsa> {
+    let (triple, features) = (&target.triple, &target.features);
     let mut shared = settings::builder();
     let set = |b: &mut settings::Builder, k: &str, v: &str| {
         b.set(k, v)
@@ -77,9 +77,9 @@ pub fn build(triple: &Triple, features: &BTreeSet<String>, pic: bool) -> Result<
 
 /// Whether the target fuses multiply-add in hardware; without it Cranelift
 /// would lower `fma` to a libm call, so kernels use mul + add instead.
-pub fn has_fma(triple: &Triple, features: &BTreeSet<String>) -> bool {
-    match triple.architecture {
+pub fn has_fma(target: &Target) -> bool {
+    match target.triple.architecture {
         Architecture::Aarch64(_) => true,
-        _ => features.contains("fma"),
+        _ => target.has("fma"),
     }
 }

@@ -5,7 +5,7 @@ use std::alloc::{Layout, alloc_zeroed, dealloc};
 
 use cranelift_jit::{JITBuilder, JITModule};
 
-use super::{Dumps, Interface, Machine, isa, lower_graph};
+use super::{Dumps, Interface, Target, isa, lower_graph};
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Tensor};
 
@@ -20,11 +20,11 @@ pub struct JitModel {
 }
 
 impl JitModel {
-    pub fn compile(g: &Graph, machine: &Machine, dumps: &mut Dumps) -> Result<JitModel> {
-        let isa = isa::build(&machine.triple, &machine.features, false)?;
+    pub fn compile(g: &Graph, target: &Target, dumps: &mut Dumps) -> Result<JitModel> {
+        let isa = isa::build(target, false)?;
         let builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
         let mut module = JITModule::new(builder);
-        let (iface, ent) = lower_graph(g, &mut module, machine, "model", dumps)?;
+        let (iface, ent) = lower_graph(g, &mut module, target, "model", dumps)?;
         module
             .finalize_definitions()
             .map_err(|e| Error::Internal(format!("JIT finalize: {e}")))?;

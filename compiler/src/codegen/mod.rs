@@ -13,10 +13,10 @@ mod nest;
 pub mod artifact;
 pub mod jit;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
+pub use cpucc_targets::Target;
 use cranelift_module::Module;
-use target_lexicon::Triple;
 
 use crate::error::{Error, Result};
 use crate::ir::{Graph, ValueId, ValueType};
@@ -25,62 +25,6 @@ pub use entry::{RC_DATA, RC_NO_WORKSPACE, RC_NULL_BUFFER};
 const RC_DATA_I32: i32 = RC_DATA as i32;
 use kernels::NodeCx;
 use lower::{Buf, Lower, Operand, STATUS_BYTES};
-
-/// What the code generator needs to know about the target machine.
-#[derive(Clone, Debug)]
-pub struct Machine {
-    pub triple: Triple,
-    /// LLVM-style feature names (`avx2`, `fma`, `neon`, ...).
-    pub features: BTreeSet<String>,
-}
-
-impl Machine {
-    /// The machine this process runs on.
-    pub fn host() -> Machine {
-        let mut features = BTreeSet::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            macro_rules! detect {
-                ($($f:tt),*) => {$(
-                    if std::arch::is_x86_feature_detected!($f) {
-                        features.insert($f.to_string());
-                    }
-                )*};
-            }
-            detect!(
-                "sse3",
-                "ssse3",
-                "sse4.1",
-                "sse4.2",
-                "popcnt",
-                "avx",
-                "avx2",
-                "fma",
-                "bmi1",
-                "bmi2",
-                "lzcnt",
-                "avx512f",
-                "avx512vl",
-                "avx512dq",
-                "avx512vnni"
-            );
-            if features.remove("bmi1") {
-                features.insert("bmi".to_string());
-            }
-        }
-        #[cfg(target_arch = "aarch64")]
-        {
-            features.insert("neon".to_string());
-            if std::arch::is_aarch64_feature_detected!("lse") {
-                features.insert("lse".to_string());
-            }
-        }
-        Machine {
-            triple: Triple::host(),
-            features,
-        }
-    }
-}
 
 /// Inspection output requested with `--emit clif` / `--emit asm`.
 #[derive(Default)]
@@ -103,12 +47,12 @@ pub struct Interface {
 pub fn lower_graph(
     g: &Graph,
     module: &mut dyn Module,
-    machine: &Machine,
+    target: &Target,
     name: &str,
     dumps: &mut Dumps,
 ) -> Result<(Interface, entry::Entry)> {
     let plan = plan::plan(g)?;
-    let fma = isa::has_fma(&machine.triple, &machine.features);
+    let fma = isa::has_fma(target);
     let mut lw = Lower::new(module, name, fma);
     lw.clif = dumps.clif.take();
     lw.asm = dumps.asm.take();

@@ -9,8 +9,8 @@ use std::sync::LazyLock;
 use crate::error::{Error, Result};
 use crate::ir::{Attrs, Tensor, ValueType};
 
-pub mod broadcast;
 mod attention;
+pub mod broadcast;
 mod conv;
 mod elementwise;
 pub mod fused;

@@ -13,7 +13,7 @@ use crate::codegen::builder::{Elt, Kb};
 use crate::codegen::lower::Lower;
 use crate::codegen::nest::{self, Access};
 use crate::error::Result;
-use crate::ir::DType;
+use crate::ir::{Attrs, DType};
 
 pub fn register(t: &mut Table) {
     t.add(
@@ -109,12 +109,12 @@ fn identity(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     super::copy(lw, cx.input(0)?, cx.out(0))
 }
 
-type FloatFn = Box<dyn Fn(&mut Kb, Type, Value) -> Value>;
+pub type FloatFn = Box<dyn Fn(&mut Kb, Type, Value) -> Value>;
 
-fn float_fn(cx: &NodeCx) -> Result<FloatFn> {
-    let a = cx.attrs();
+/// The float function of a unary op with attributes `a`.
+pub fn float_fn(op: &str, a: &Attrs) -> Result<FloatFn> {
     let f = |x: f32| x as f64;
-    Ok(match cx.node.op.as_str() {
+    Ok(match op {
         "Exp" => Box::new(math::exp),
         "Log" => Box::new(math::log),
         "Sqrt" => Box::new(|kb, _, x| kb.b.ins().sqrt(x)),
@@ -168,7 +168,7 @@ fn float_fn(cx: &NodeCx) -> Result<FloatFn> {
             })
         }
         "Elu" | "Selu" | "Celu" => {
-            let op = cx.node.op.clone();
+            let op = op.to_string();
             let al = f(a.float("alpha", if op == "Selu" { 1.673_263_2 } else { 1.0 })?);
             let ga = if op == "Selu" {
                 f(a.float("gamma", 1.050_701)?)
@@ -268,7 +268,7 @@ pub fn gelu(kb: &mut Kb, ty: Type, x: Value, tanh: bool) -> Value {
 }
 
 fn float_unary(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
-    let f = float_fn(cx)?;
+    let f = float_fn(&cx.node.op, cx.attrs())?;
     map(lw, cx, &[0], true, move |kb, v, _| {
         let ty = vty(kb, v[0]);
         f(kb, ty, v[0])
@@ -327,7 +327,7 @@ fn signed_unary(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
 }
 
 /// `a op b` in the compute type of `dt`.
-fn arith2(kb: &mut Kb, op: &str, dt: DType, a: Value, b: Value) -> Value {
+pub fn arith2(kb: &mut Kb, op: &str, dt: DType, a: Value, b: Value) -> Value {
     if dt.is_float() {
         return match op {
             "Add" | "Sum" | "Mean" => kb.b.ins().fadd(a, b),
@@ -680,7 +680,7 @@ fn pow(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     })
 }
 
-fn fpow(kb: &mut Kb, a: Value, b: Value) -> Value {
+pub fn fpow(kb: &mut Kb, a: Value, b: Value) -> Value {
     let ty = F64;
     let z = kb.constant(ty, 0.0);
     let one = kb.constant(ty, 1.0);
@@ -750,10 +750,22 @@ fn modulo(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
             let q = kb.b.ins().trunc(q);
             let p = kb.b.ins().fmul(q, b);
             let r = kb.b.ins().fsub(a, p);
+            // A finite dividend modulo an infinite divisor is the dividend.
+            let inf = kb.constant(ty, f64::INFINITY);
+            let ab = kb.b.ins().fabs(b);
+            let aa = kb.b.ins().fabs(a);
+            let b_inf = kb.b.ins().fcmp(FloatCC::Equal, ab, inf);
+            let a_fin = kb.b.ins().fcmp(FloatCC::LessThan, aa, inf);
+            let keep = kb.b.ins().band(b_inf, a_fin);
+            let r = kb.b.ins().select(keep, a, r);
+            let z = kb.constant(ty, 0.0);
             if fmod {
                 return r;
             }
-            let z = kb.constant(ty, 0.0);
+            // A zero result takes the divisor's sign.
+            let r0 = kb.b.ins().fcmp(FloatCC::Equal, r, z);
+            let sz = kb.copysign(z, b);
+            let r = kb.b.ins().select(r0, sz, r);
             let rneg = kb.b.ins().fcmp(FloatCC::LessThan, r, z);
             let bneg = kb.b.ins().fcmp(FloatCC::LessThan, b, z);
             let rnz = kb.b.ins().fcmp(FloatCC::NotEqual, r, z);
@@ -799,21 +811,45 @@ fn bitshift(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
         ),
     };
     let dt = cx.out(0).ty.dtype;
+    let signed = Elt(dt).signed();
     let bits = 8 * dt.size_bytes() as i64;
     map(lw, cx, &[0, 1], false, move |kb, v, _| {
         let (a, s) = (v[0], v[1]);
         let ty = vty(kb, a);
-        // Shifts by the type's width or more give 0.
-        let big =
-            kb.b.ins()
-                .icmp_imm_s(IntCC::UnsignedGreaterThanOrEqual, s, bits);
+        // Shifts by a negative amount or by the width or more give 0, or -1
+        // for right shifts of negative values (like the interpreter).
+        let cc = if signed {
+            IntCC::SignedLessThan
+        } else {
+            IntCC::UnsignedLessThan
+        };
         let z = kb.bits(ty, 0);
+        let neg_s = kb.b.ins().icmp(cc, s, z);
+        let big = kb.b.ins().icmp_imm_s(
+            if signed {
+                IntCC::SignedGreaterThanOrEqual
+            } else {
+                IntCC::UnsignedGreaterThanOrEqual
+            },
+            s,
+            bits,
+        );
+        let out_of_range = kb.b.ins().bor(neg_s, big);
         let r = if left {
             kb.b.ins().ishl(a, s)
+        } else if signed {
+            kb.b.ins().sshr(a, s)
         } else {
             kb.b.ins().ushr(a, s)
         };
         let r = narrow(kb, r, dt);
-        kb.b.ins().select(big, z, r)
+        let fill = if !left && signed {
+            let m1 = kb.bits(ty, -1);
+            let xneg = kb.b.ins().icmp(IntCC::SignedLessThan, a, z);
+            kb.b.ins().select(xneg, m1, z)
+        } else {
+            z
+        };
+        kb.b.ins().select(out_of_range, fill, r)
     })
 }

@@ -408,9 +408,6 @@ fn conv_geom(cx: &NodeCx) -> Result<ConvGeom> {
 }
 
 fn conv(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
-    if cx.attrs().string("layout", "")? == "NHWC" {
-        bail!(Unsupported, "channels-last Conv is not compiled yet");
-    }
     let x = cx.input(0)?;
     let w = cx.input(1)?;
     let out = cx.out(0);

@@ -1,11 +1,14 @@
 //! Op lowering: the table from op name to the function that emits its
 //! kernels. An op missing here is a compile error naming the node and op.
 
+mod attention;
+mod chain;
 mod elementwise;
 mod gemm;
 mod linalg;
 mod math;
 mod movement;
+mod nhwc;
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -17,6 +20,7 @@ use crate::ir::{Attrs, Node, Tensor};
 
 /// A node being lowered: its operands (`None` for omitted optional inputs)
 /// and the constant value of each input that has one.
+#[derive(Clone)]
 pub struct NodeCx<'g> {
     pub node: &'g Node,
     pub ins: Vec<Option<Operand>>,
@@ -59,15 +63,23 @@ static TABLE: LazyLock<Table> = LazyLock::new(|| {
     elementwise::register(&mut t);
     movement::register(&mut t);
     linalg::register(&mut t);
+    chain::register(&mut t);
+    attention::register(&mut t);
     t
 });
 
 pub fn lower(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
-    match TABLE.0.get(cx.node.op.as_str()) {
-        Some(f) => f(lw, cx),
-        None => bail!(Unsupported, "no native kernel for {} yet", cx.node.op),
+    let Some(&f) = TABLE.0.get(cx.node.op.as_str()) else {
+        bail!(Unsupported, "no native kernel for {} yet", cx.node.op);
+    };
+    if nhwc::wraps(cx) && !NATIVE_NHWC.contains(&cx.node.op.as_str()) {
+        return nhwc::adapt(lw, cx, f);
     }
+    f(lw, cx)
 }
+
+/// Ops whose kernels read and write channels-last data themselves.
+const NATIVE_NHWC: &[&str] = &[];
 
 /// Dense copy (same dtype and element count).
 pub fn copy(lw: &mut Lower, src: &Operand, dst: &Operand) -> Result<()> {
