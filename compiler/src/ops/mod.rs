@@ -10,15 +10,15 @@ use crate::error::{Error, Result};
 use crate::ir::{Attrs, Tensor, ValueType};
 
 pub mod broadcast;
-mod conv;
+pub(crate) mod conv;
 mod elementwise;
-mod linalg;
-mod misc;
+pub(crate) mod linalg;
+pub(crate) mod misc;
 mod movement;
 mod norm;
 mod pool;
 mod reduce;
-mod resize;
+pub(crate) mod resize;
 mod shape;
 
 /// What shape inference sees of a node: its attributes, opset and, per

@@ -1,11 +1,21 @@
 //! Op lowering: the table from op name to the function that emits its
 //! kernels. An op missing here is a compile error naming the node and op.
 
+mod conv_transpose;
+mod det;
+mod einsum;
 mod elementwise;
 mod gemm;
+mod indexed;
 mod linalg;
 mod math;
+mod misc;
 mod movement;
+mod qconv;
+mod qmatmul;
+mod quant;
+mod resize;
+mod topk;
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -59,6 +69,16 @@ static TABLE: LazyLock<Table> = LazyLock::new(|| {
     elementwise::register(&mut t);
     movement::register(&mut t);
     linalg::register(&mut t);
+    indexed::register(&mut t);
+    misc::register(&mut t);
+    quant::register(&mut t);
+    qmatmul::register(&mut t);
+    qconv::register(&mut t);
+    topk::register(&mut t);
+    einsum::register(&mut t);
+    det::register(&mut t);
+    conv_transpose::register(&mut t);
+    resize::register(&mut t);
     t
 });
 
