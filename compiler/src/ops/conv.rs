@@ -98,7 +98,7 @@ pub(super) fn axis_ints_len(attrs: &Attrs, name: &str, len: usize) -> Result<Vec
 /// The geometry of a sliding window over the spatial axes: per axis the
 /// kernel, stride, dilation, padding at both ends and the output size.
 #[derive(Clone, Debug, PartialEq)]
-pub(super) struct Window {
+pub(crate) struct Window {
     pub kernel: Vec<usize>,
     pub strides: Vec<usize>,
     pub dilations: Vec<usize>,
@@ -319,7 +319,7 @@ fn conv_nd<T: Dot>(
 // -------------------------------------------------------------------- Conv
 
 /// Checks X [N, C, ...] against W [M, C/group, k...] and reads the window.
-fn conv_setup(attrs: &Attrs, x: &[usize], w: &[usize]) -> Result<(Window, usize)> {
+pub(crate) fn conv_setup(attrs: &Attrs, x: &[usize], w: &[usize]) -> Result<(Window, usize)> {
     ensure!(
         x.len() >= 3,
         Invalid,
@@ -496,20 +496,20 @@ fn conv_integer_eval(c: &EvalCtx) -> Result<Vec<Tensor>> {
 
 /// ConvTranspose geometry; padding may be negative when `output_shape`
 /// asks for more than the full result (it then extends with zeros).
-struct Transposed {
-    kernel: Vec<usize>,
-    strides: Vec<usize>,
-    dilations: Vec<usize>,
-    begin: Vec<i64>,
-    out: Vec<usize>,
-    group: usize,
+pub(crate) struct Transposed {
+    pub(crate) kernel: Vec<usize>,
+    pub(crate) strides: Vec<usize>,
+    pub(crate) dilations: Vec<usize>,
+    pub(crate) begin: Vec<i64>,
+    pub(crate) out: Vec<usize>,
+    pub(crate) group: usize,
 }
 
 /// Follows the ONNX reference: SAME_* derive the padding from the output
 /// shape (default input * stride), split with the extra pixel at the end for
 /// SAME_UPPER; otherwise explicit pads apply and `output_shape`, if given,
 /// only sets the size (cropping or zero-extending at the end).
-fn transposed_setup(attrs: &Attrs, x: &[usize], w: &[usize]) -> Result<Transposed> {
+pub(crate) fn transposed_setup(attrs: &Attrs, x: &[usize], w: &[usize]) -> Result<Transposed> {
     ensure!(
         x.len() >= 3,
         Invalid,

@@ -384,10 +384,10 @@ const ELLIPSIS: u32 = 256;
 
 /// A parsed equation: per operand and for the output, one label per
 /// dimension (letters as their code, ellipsis dimensions from `ELLIPSIS`).
-struct Equation {
-    inputs: Vec<Vec<u32>>,
-    output: Vec<u32>,
-    sizes: BTreeMap<u32, usize>,
+pub(crate) struct Equation {
+    pub(crate) inputs: Vec<Vec<u32>>,
+    pub(crate) output: Vec<u32>,
+    pub(crate) sizes: BTreeMap<u32, usize>,
 }
 
 enum Tok {
@@ -439,7 +439,7 @@ fn label_name(l: u32) -> String {
     }
 }
 
-fn parse_equation(eq: &str, shapes: &[&[usize]]) -> Result<Equation> {
+pub(crate) fn parse_equation(eq: &str, shapes: &[&[usize]]) -> Result<Equation> {
     let eq: String = eq.chars().filter(|c| !c.is_whitespace()).collect();
     let (lhs, rhs) = match eq.split_once("->") {
         Some((l, r)) => (l, Some(r)),

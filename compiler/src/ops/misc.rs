@@ -477,13 +477,13 @@ fn requantize(
 // ---------------------------------------------------------- integer conv
 
 /// Convolution geometry from the attributes and the input/weight shapes.
-struct ConvGeom {
-    group: usize,
-    kernel: Vec<usize>,
-    strides: Vec<usize>,
-    dilations: Vec<usize>,
-    pads_begin: Vec<usize>,
-    out: Vec<usize>,
+pub(crate) struct ConvGeom {
+    pub(crate) group: usize,
+    pub(crate) kernel: Vec<usize>,
+    pub(crate) strides: Vec<usize>,
+    pub(crate) dilations: Vec<usize>,
+    pub(crate) pads_begin: Vec<usize>,
+    pub(crate) out: Vec<usize>,
 }
 
 fn spatial_attr(attrs: &Attrs, name: &str, n: usize, default: i64) -> Result<Vec<usize>> {
@@ -508,7 +508,7 @@ fn spatial_attr(attrs: &Attrs, name: &str, n: usize, default: i64) -> Result<Vec
         .collect()
 }
 
-fn conv_geom(attrs: &Attrs, x: &[usize], w: &[usize]) -> Result<ConvGeom> {
+pub(crate) fn conv_geom(attrs: &Attrs, x: &[usize], w: &[usize]) -> Result<ConvGeom> {
     ensure!(
         x.len() >= 3,
         Invalid,

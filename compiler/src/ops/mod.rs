@@ -11,17 +11,17 @@ use crate::ir::{Attrs, Tensor, ValueType};
 
 mod attention;
 pub mod broadcast;
-mod conv;
+pub(crate) mod conv;
 mod elementwise;
 pub mod fused;
-mod linalg;
-mod misc;
+pub(crate) mod linalg;
+pub(crate) mod misc;
 mod movement;
 pub mod nhwc;
 mod norm;
 mod pool;
 mod reduce;
-mod resize;
+pub(crate) mod resize;
 mod shape;
 
 /// What shape inference sees of a node: its attributes, opset and, per

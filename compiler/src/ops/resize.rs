@@ -326,51 +326,59 @@ fn resize_infer(c: &InferCtx, op: &str) -> Result<Vec<ValueType>> {
 
 fn resize_eval(c: &EvalCtx, op: &str) -> Result<Vec<Tensor>> {
     let x = c.input(0)?;
-    let k = kernel(c.attrs, c.opset)?;
-    let attr = attr_scales(c.attrs, op, c.opset)?;
-    let [roi, scales, sizes] = slots(op, c.opset);
-    let get = |slot: Option<usize>| slot.and_then(|i| c.opt(i));
+    let inputs: Vec<Option<&Tensor>> = (0..c.inputs.len()).map(|i| c.opt(i)).collect();
+    let mut data = x.to_f64_vec();
+    let mut shape = x.shape().to_vec();
+    for (d, taps) in axis_taps(c.attrs, c.opset, op, x.shape(), &inputs)? {
+        data = resize_axis(&data, &shape, d, &taps);
+        shape[d] = taps.len();
+    }
+    let out = dispatch_num!(x, a => saturate(a, &shape, data)?,
+        o => bail!(Invalid, "input must be numeric, found {}", o.dtype()));
+    Ok(vec![out])
+}
+
+/// The resampling steps, one per resized axis in order (identities skipped
+/// like the reference does): the axis and its taps. `inputs` are the node's
+/// inputs where known (the roi, scales and sizes must be).
+pub(crate) fn axis_taps(
+    attrs: &Attrs,
+    opset: i64,
+    op: &str,
+    shape: &[usize],
+    inputs: &[Option<&Tensor>],
+) -> Result<Vec<(usize, Vec<Tap>)>> {
+    let k = kernel(attrs, opset)?;
+    let attr = attr_scales(attrs, op, opset)?;
+    let [roi, scales, sizes] = slots(op, opset);
+    let get = |slot: Option<usize>| slot.and_then(|i| inputs.get(i).copied().flatten());
     let inp = Inputs {
         roi: get(roi),
         scales: attr.as_ref().or(get(scales)),
         sizes: get(sizes),
     };
     let roi_dtype = given(inp.roi).map(Tensor::dtype);
-    let p = plan(c.attrs, c.opset, op, x.shape(), inp)?;
-    let (data, shape) = resample(x.to_f64_vec(), x.shape().to_vec(), &p, &k, roi_dtype)?;
-    let out = dispatch_num!(x, a => saturate(a, &shape, data)?,
-        o => bail!(Invalid, "input must be numeric, found {}", o.dtype()));
-    Ok(vec![out])
-}
-
-/// Resizes every planned axis in turn, skipping identities like the
-/// reference does.
-fn resample(
-    mut data: Vec<f64>,
-    mut shape: Vec<usize>,
-    p: &Plan,
-    k: &Kernel,
-    roi_dtype: Option<DType>,
-) -> Result<(Vec<f64>, Vec<usize>)> {
+    let p = plan(attrs, opset, op, shape, inp)?;
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs());
+    let mut cur = shape.to_vec();
+    let mut steps = Vec::new();
     for &d in &p.order {
         let roi = p.roi.as_ref().map(|r| r[d]);
         let identity = close(p.scales[d], 1.0)
-            && p.out[d] == shape[d]
+            && p.out[d] == cur[d]
             && roi.is_none_or(|(s, e)| close(s, 0.0) && close(e, 1.0));
         if identity {
             continue;
         }
-        let taps = taps(k, p.scales[d], shape[d], p.out[d], roi, roi_dtype)?;
-        data = resize_axis(&data, &shape, d, &taps);
-        shape[d] = p.out[d];
+        steps.push((d, taps(&k, p.scales[d], cur[d], p.out[d], roi, roi_dtype)?));
+        cur[d] = p.out[d];
     }
-    Ok((data, shape))
+    Ok(steps)
 }
 
 /// How one output position is computed: a weighted sum of source
 /// positions, or the extrapolation value.
-enum Tap {
+pub(crate) enum Tap {
     Sum(Vec<(usize, f64)>),
     Const(f64),
 }
@@ -557,7 +565,7 @@ fn weights(k: &Kernel, x: f64, scale: f64, in_w: usize) -> Vec<(usize, f64)> {
 }
 
 /// The largest finite value of a float dtype (saturating casts clip to it).
-fn float_max(d: DType) -> f64 {
+pub(crate) fn float_max(d: DType) -> f64 {
     match d {
         DType::F16 => f16::MAX.to_f64(),
         DType::BF16 => bf16::MAX.to_f64(),

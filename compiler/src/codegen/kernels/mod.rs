@@ -3,12 +3,22 @@
 
 mod attention;
 mod chain;
+mod conv_transpose;
+mod det;
+mod einsum;
 mod elementwise;
 mod gemm;
+mod indexed;
 mod linalg;
 mod math;
+mod misc;
 mod movement;
 mod nhwc;
+mod qconv;
+mod qmatmul;
+mod quant;
+mod resize;
+mod topk;
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -65,6 +75,16 @@ static TABLE: LazyLock<Table> = LazyLock::new(|| {
     linalg::register(&mut t);
     chain::register(&mut t);
     attention::register(&mut t);
+    indexed::register(&mut t);
+    misc::register(&mut t);
+    quant::register(&mut t);
+    qmatmul::register(&mut t);
+    qconv::register(&mut t);
+    topk::register(&mut t);
+    einsum::register(&mut t);
+    det::register(&mut t);
+    conv_transpose::register(&mut t);
+    resize::register(&mut t);
     t
 });
 

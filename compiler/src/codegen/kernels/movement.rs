@@ -5,7 +5,8 @@
 //! map is affine the op becomes a strided copy (vectorized when unit-stride);
 //! otherwise a gather through a table of source indices in read-only data.
 //! Concat and Split are strided copies into/out of sub-boxes. Gather with
-//! indices known only at run time has its own kernel with bounds checks.
+//! indices known only at run time has its own kernel with bounds checks
+//! (GatherElements, GatherND and Trilu with run-time inputs: indexed.rs).
 
 use std::sync::Arc;
 
@@ -35,11 +36,8 @@ pub fn register(t: &mut Table) {
             "DepthToSpace",
             "SpaceToDepth",
             "Pad",
-            "Trilu",
             "CenterCropPad",
             "Compress",
-            "GatherElements",
-            "GatherND",
         ],
         probed,
     );
@@ -51,7 +49,7 @@ pub fn register(t: &mut Table) {
 /// Above this many elements a non-affine map would need a huge table.
 const MAX_TABLE: usize = 1 << 24;
 
-fn probed(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
+pub fn probed(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     let op = cx.node.op.as_str();
     let x = cx.input(0)?;
     let n = x.ty.numel();
