@@ -98,7 +98,7 @@ pub(super) fn axis_ints_len(attrs: &Attrs, name: &str, len: usize) -> Result<Vec
 /// The geometry of a sliding window over the spatial axes: per axis the
 /// kernel, stride, dilation, padding at both ends and the output size.
 #[derive(Clone, Debug, PartialEq)]
-pub(super) struct Window {
+pub(crate) struct Window {
     pub kernel: Vec<usize>,
     pub strides: Vec<usize>,
     pub dilations: Vec<usize>,

@@ -17,6 +17,7 @@ mod misc;
 mod movement;
 mod norm;
 mod pool;
+pub(crate) use pool::pool_window;
 mod reduce;
 mod resize;
 mod shape;

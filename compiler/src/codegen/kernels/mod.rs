@@ -6,6 +6,10 @@ mod gemm;
 mod linalg;
 mod math;
 mod movement;
+mod norm;
+mod pool;
+mod reduce;
+mod softmax;
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -59,6 +63,10 @@ static TABLE: LazyLock<Table> = LazyLock::new(|| {
     elementwise::register(&mut t);
     movement::register(&mut t);
     linalg::register(&mut t);
+    reduce::register(&mut t);
+    norm::register(&mut t);
+    pool::register(&mut t);
+    softmax::register(&mut t);
     t
 });
 
