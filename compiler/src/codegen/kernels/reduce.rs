@@ -18,8 +18,8 @@ use cranelift_codegen::ir::{InstBuilder, Type, Value};
 
 use super::elementwise::convert;
 use super::{NodeCx, Table, math};
-use crate::codegen::builder::{Elt, Kb};
-use crate::codegen::lower::Lower;
+use crate::codegen::builder::{Elt, Kb, mem};
+use crate::codegen::lower::{Buf, Lower};
 use crate::error::Result;
 use crate::ir::{DType, Tensor};
 
@@ -673,56 +673,116 @@ fn arg(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     })
 }
 
-/// CumSum/CumProd along a constant axis; floats round to the element type
-/// after every step (as the interpreter does), integers wrap.
+/// CumSum/CumProd; floats round to the element type after every step (as
+/// the interpreter does), integers wrap. A constant axis fixes the lane
+/// geometry at compile time; otherwise the kernel reads the axis, checks
+/// its range (run status 3 when out of range) and looks up the lane
+/// geometry per axis in a table.
 fn cumulative(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     let x = cx.input(0)?.clone();
     let o = cx.out(0).clone();
     let dt = x.ty.dtype;
-    let Some(axis) = cx.consts.get(1).copied().flatten() else {
-        bail!(
-            Unsupported,
-            "the axis input of {} must be a constant for native code",
-            cx.node.op
-        );
+    let shape = x.ty.shape.clone();
+    let rank = shape.len();
+    let numel = x.ty.numel();
+    if numel == 0 {
+        return Ok(());
+    }
+    let fixed = match cx.consts.get(1).copied().flatten() {
+        Some(t) => {
+            let a: Vec<i64> = Tensor::to_i64_vec(t)?;
+            ensure!(a.len() == 1, Invalid, "axis must be a single integer");
+            Some(lanes(&shape, norm_axis(a[0], rank)?))
+        }
+        None => None,
     };
-    let a: Vec<i64> = Tensor::to_i64_vec(axis)?;
-    ensure!(a.len() == 1, Invalid, "axis must be a single integer");
-    let ax = norm_axis(a[0], x.ty.shape.len())?;
+    let ax = cx.input(1)?.clone();
+    ensure!(
+        ax.ty.dtype.is_int() && ax.ty.numel() == 1,
+        Invalid,
+        "axis must be a single integer"
+    );
+    // (n, inner) per axis (rank 0: one lane of one element).
+    let per_axis: Vec<(usize, usize)> = (0..rank.max(1))
+        .map(|d| {
+            let (_, n, inner) = lanes(&shape, d);
+            (n, inner)
+        })
+        .collect();
+    let table: Vec<u8> = per_axis
+        .iter()
+        .flat_map(|&(n, i)| [n as i64, i as i64])
+        .flat_map(i64::to_le_bytes)
+        .collect();
+    let tbuf = lw.data(table)?;
     let prod = cx.node.op == "CumProd";
     let exclusive = cx.attrs().int("exclusive", 0)? != 0;
     let reverse = cx.attrs().int("reverse", 0)? != 0;
-    let (outer, n, inner) = lanes(&x.ty.shape, ax);
-    if outer * n * inner == 0 {
-        return Ok(());
-    }
     let isz = dt.size_bytes() as i64;
     let fl = dt.is_float();
     let ct = Elt(dt).compute(1);
+    let adt = ax.ty.dtype;
+    let axes = rank.max(1) as i64;
     // Half floats round through the output buffer after each step.
     let reround = matches!(dt, DType::F16 | DType::BF16);
-    lw.kernel(vec![x.buf, o.buf], outer * inner, |kb| {
+    let items = fixed.map_or(numel, |(outer, _, inner)| outer * inner);
+    let bufs = vec![x.buf, o.buf, ax.buf, tbuf, Buf::Work(0)];
+    lw.kernel_checked(bufs, items, fixed.is_none(), |kb| {
         let (xp, yp) = (kb.arg(0), kb.arg(1));
+        let (n, inner) = match fixed {
+            Some((_, n, inner)) => (kb.i(n as i64), kb.i(inner as i64)),
+            None => {
+                let ap = kb.arg(2);
+                let a = kb.load_elt(adt, ap, 1);
+                let a = convert(kb, a, adt, DType::I64);
+                let neg = kb.b.ins().icmp_imm_s(IntCC::SignedLessThan, a, 0);
+                let wrapped = kb.addi(a, axes);
+                let a = kb.b.ins().select(neg, wrapped, a);
+                let bad =
+                    kb.b.ins()
+                        .icmp_imm_s(IntCC::UnsignedGreaterThanOrEqual, a, axes);
+                kb.if_(bad, |kb| {
+                    let st = kb.arg(4);
+                    let three = kb.i(3);
+                    kb.b.ins().store(mem(), three, st, 0);
+                });
+                let z = kb.i(0);
+                let a = kb.b.ins().select(bad, z, a);
+                let tp = kb.arg(3);
+                let e = kb.gep(tp, a, 16);
+                let n = kb.b.ins().load(I64, mem(), e, 0);
+                let inner = kb.b.ins().load(I64, mem(), e, 8);
+                (n, inner)
+            }
+        };
+        let lanes_total = {
+            let t = kb.i(numel as i64);
+            kb.b.ins().udiv(t, n)
+        };
         let (begin, end) = (kb.begin, kb.end);
+        let end = kb.b.ins().smin(end, lanes_total);
+        let stride = kb.muli(inner, isz);
         kb.for_range(begin, end, 1, |kb, item| {
-            let oi = kb.b.ins().udiv_imm_u(item, inner as i64);
-            let ii = kb.b.ins().urem_imm_u(item, inner as i64);
-            let base = kb.muli(oi, (n * inner) as i64);
+            let oi = kb.b.ins().udiv(item, inner);
+            let ii = kb.b.ins().urem(item, inner);
+            let nn = kb.b.ins().imul(n, inner);
+            let base = kb.b.ins().imul(oi, nn);
             let base = kb.add(base, ii);
             let xrow = kb.gep(xp, base, isz);
             let yrow = kb.gep(yp, base, isz);
             let unit = kb.constant(ct, if prod { 1.0 } else { 0.0 });
             let acc = kb.var(ct, unit);
-            let (lo, hi) = (kb.i(0), kb.i(n as i64));
-            kb.for_range(lo, hi, 1, |kb, k| {
+            let lo = kb.i(0);
+            kb.for_range(lo, n, 1, |kb, k| {
                 let j = if reverse {
-                    let t = kb.i(n as i64 - 1);
+                    let t = kb.addi(n, -1);
                     kb.b.ins().isub(t, k)
                 } else {
                     k
                 };
-                let xa = kb.gep(xrow, j, inner as i64 * isz);
-                let ya = kb.gep(yrow, j, inner as i64 * isz);
+                let off = kb.b.ins().imul(j, stride);
+                let xa = kb.add(xrow, off);
+                let ya = kb.add(yrow, off);
                 let v = kb.load_elt(dt, xa, 1);
                 let before = kb.b.use_var(acc);
                 let after = match (prod, fl) {
