@@ -305,7 +305,7 @@ fn extreme_bits(dt: DType, max: bool) -> i64 {
     match (dt, max) {
         (DType::Bool, true) => 0,
         (DType::Bool, false) => 1,
-        (d, true) if d.is_signed() => -(1i64 << (bits - 1).min(63)),
+        (d, true) if d.is_signed() => (-(1i128 << (bits - 1))) as i64,
         (_, true) => 0,
         (d, false) if d.is_signed() => ((1i128 << (bits - 1)) - 1) as i64,
         (_, false) => ((1i128 << bits) - 1) as i64,
