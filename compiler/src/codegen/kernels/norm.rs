@@ -357,7 +357,8 @@ fn affine(lw: &mut Lower, cx: &NodeCx, y: &Operand) -> Result<()> {
     };
     let ydt = y.ty.dtype;
     // The nest runs over `vshape`, a view of Y; parameters get strides in it.
-    let (vshape, pstrides): (Vec<usize>, Box<dyn Fn(&Operand) -> Vec<i64>>) = match op {
+    type Strides = Box<dyn Fn(&Operand) -> Vec<i64>>;
+    let (vshape, pstrides): (Vec<usize>, Strides) = match op {
         "InstanceNormalization" | "GroupNormalization" => {
             let rest: usize = shape[2..].iter().product();
             let c = shape[1];

@@ -337,7 +337,8 @@ fn reduce(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     let signed = Elt(dt).signed();
     let vec_ok = dt == DType::F32;
     let inner_red = p.red.last().is_some_and(|r| r.1 == 1);
-    let (outer, inner): (Vec<(usize, i64, i64)>, (usize, i64, i64)) = if inner_red {
+    type Dim = (usize, i64, i64);
+    let (outer, inner): (Vec<Dim>, Dim) = if inner_red {
         (p.kept.clone(), (1, 0, 0))
     } else {
         let mut k = p.kept.clone();
