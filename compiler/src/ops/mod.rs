@@ -20,6 +20,7 @@ mod movement;
 pub mod nhwc;
 mod norm;
 mod pool;
+pub(crate) use pool::pool_window;
 mod reduce;
 pub(crate) mod resize;
 mod shape;

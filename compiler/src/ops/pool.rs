@@ -51,7 +51,7 @@ fn kernel_shape(attrs: &Attrs, spatial: usize) -> Result<Vec<usize>> {
         .collect())
 }
 
-fn pool_window(attrs: &Attrs, x: &[usize]) -> Result<Window> {
+pub(crate) fn pool_window(attrs: &Attrs, x: &[usize]) -> Result<Window> {
     ensure!(
         x.len() >= 3,
         Invalid,

@@ -14,10 +14,14 @@ mod math;
 mod misc;
 mod movement;
 mod nhwc;
+mod norm;
+mod pool;
 mod qconv;
 mod qmatmul;
 mod quant;
+mod reduce;
 mod resize;
+mod softmax;
 mod topk;
 
 use std::collections::HashMap;
@@ -85,6 +89,10 @@ static TABLE: LazyLock<Table> = LazyLock::new(|| {
     det::register(&mut t);
     conv_transpose::register(&mut t);
     resize::register(&mut t);
+    reduce::register(&mut t);
+    norm::register(&mut t);
+    pool::register(&mut t);
+    softmax::register(&mut t);
     t
 });
 
