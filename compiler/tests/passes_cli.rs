@@ -127,7 +127,13 @@ fn passes_flag_chooses_the_pipeline() {
 #[test]
 fn stats_reports_every_pass_and_the_plan() {
     let m = model_file();
-    let (code, out, err) = cpucc(&["inspect", m.to_str().unwrap(), "--stats"]);
+    let (code, out, err) = cpucc(&[
+        "inspect",
+        m.to_str().unwrap(),
+        "--passes",
+        "const_fold,cse,dce",
+        "--stats",
+    ]);
     assert_eq!(code, 0, "{err}");
     let nodes: Vec<(String, usize)> = out
         .lines()
