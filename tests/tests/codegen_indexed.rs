@@ -5,7 +5,7 @@
 //! reading or writing out of bounds.
 
 use cpucc::codegen::jit::JitModel;
-use cpucc::codegen::{Dumps, Machine};
+use cpucc::codegen::{Dumps, Target};
 use cpucc::interp;
 use cpucc::ir::{Attr, Attrs, Graph, Tensor, ValueType};
 
@@ -46,7 +46,7 @@ fn graph(
 }
 
 fn jit(g: &Graph, ins: &[Tensor]) -> cpucc::Result<Vec<Tensor>> {
-    JitModel::compile(g, &Machine::host(), &mut Dumps::default())?.run(ins)
+    JitModel::compile(g, &Target::host(), &mut Dumps::default())?.run(ins)
 }
 
 /// Native and interpreted results are bit-identical (NaN == NaN).

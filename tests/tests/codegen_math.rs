@@ -10,7 +10,7 @@
 //! atanh: 4e-7.
 
 use cpucc::codegen::jit::JitModel;
-use cpucc::codegen::{Dumps, Machine};
+use cpucc::codegen::{Dumps, Target};
 use cpucc::interp;
 use cpucc::ir::{Attrs, DType, Graph, Tensor, ValueType};
 
@@ -48,7 +48,7 @@ fn logspace(lo: i32, hi: i32) -> Vec<f32> {
 fn max_err(op: &str, xs: &[f32], f: fn(f64) -> f64) -> f64 {
     let g = one_node(op, xs.len());
     let t = Tensor::from_vec(&[xs.len()], xs.to_vec()).unwrap();
-    let m = JitModel::compile(&g, &Machine::host(), &mut Dumps::default()).unwrap();
+    let m = JitModel::compile(&g, &Target::host(), &mut Dumps::default()).unwrap();
     let y = m.run(std::slice::from_ref(&t)).unwrap()[0].to_f64_vec();
     let yi = interp::run(&g, &[t]).unwrap()[0].to_f64_vec();
     let mut worst = 0.0f64;

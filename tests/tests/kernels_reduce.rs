@@ -5,7 +5,7 @@
 //! CumSum axis known only at run time.
 
 use cpucc::codegen::jit::JitModel;
-use cpucc::codegen::{Dumps, Machine};
+use cpucc::codegen::{Dumps, Target};
 use cpucc::interp;
 use cpucc::ir::{Attr, Attrs, DType, Graph, Tensor, ValueType};
 use cpucc::random::SplitMix64;
@@ -48,7 +48,7 @@ fn check(op: &str, opset: i64, attrs: &[(&str, Attr)], inputs: Vec<Tensor>, cons
     let node = g.add_node("n", op, opset, a, ids, &outs).unwrap();
     g.outputs = g.node(node).outputs.clone();
     let want = interp::run(&g, &inputs).unwrap();
-    let m = JitModel::compile(&g, &Machine::host(), &mut Dumps::default())
+    let m = JitModel::compile(&g, &Target::host(), &mut Dumps::default())
         .unwrap_or_else(|e| panic!("{op}: {e}"));
     let got = m.run(&inputs).unwrap();
     for (w, h) in want.iter().zip(&got) {
