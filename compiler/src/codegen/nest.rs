@@ -48,6 +48,15 @@ impl Access {
     }
 }
 
+/// Row-major element strides of `shape`.
+pub fn row_major(shape: &[usize]) -> Vec<i64> {
+    let mut s = vec![1i64; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        s[d] = s[d + 1] * shape[d + 1] as i64;
+    }
+    s
+}
+
 /// Elements per work item of a long inner row.
 const CHUNK: usize = 8192;
 

@@ -5,6 +5,7 @@
 //! that division is exact and i is inside the input. One work item per
 //! output row (batch, channel, all spatial dims but the last); scalar code.
 
+use crate::codegen::nest::row_major;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::I8;
 use cranelift_codegen::ir::{InstBuilder, Value};
@@ -17,14 +18,6 @@ use crate::ops::conv::transposed_setup;
 
 pub fn register(t: &mut Table) {
     t.add(&["ConvTranspose"], conv_transpose);
-}
-
-fn row_major(shape: &[usize]) -> Vec<i64> {
-    let mut s = vec![1i64; shape.len()];
-    for d in (0..shape.len().saturating_sub(1)).rev() {
-        s[d] = s[d + 1] * shape[d + 1] as i64;
-    }
-    s
 }
 
 /// Per spatial dimension: output coordinate, and the strides to apply.

@@ -8,6 +8,7 @@
 //! indices known only at run time has its own kernel with bounds checks
 //! (GatherElements, GatherND and Trilu with run-time inputs: indexed.rs).
 
+use crate::codegen::nest::row_major;
 use std::sync::Arc;
 
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -221,22 +222,11 @@ fn affine(shape: &[usize], map: &[i64]) -> Option<(i64, Vec<i64>)> {
     Some((base, strides))
 }
 
-/// Row-major strides of `shape` in elements.
-fn strides_of(shape: &[usize]) -> Vec<i64> {
-    let mut st = vec![0i64; shape.len()];
-    let mut s = 1i64;
-    for d in (0..shape.len()).rev() {
-        st[d] = s;
-        s *= shape[d] as i64;
-    }
-    st
-}
-
 fn concat(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     let out = cx.out(0);
     let rank = out.ty.shape.len();
     let axis = ops::axis(cx.attrs().int("axis", 0)?, rank)?;
-    let ost = strides_of(&out.ty.shape);
+    let ost = row_major(&out.ty.shape);
     let mut at = 0i64;
     for inp in cx.ins.iter().flatten() {
         let shape = &inp.ty.shape;
@@ -257,7 +247,7 @@ fn split(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     let x = cx.input(0)?;
     let rank = x.ty.shape.len();
     let axis = ops::axis(cx.attrs().int("axis", 0)?, rank)?;
-    let xst = strides_of(&x.ty.shape);
+    let xst = row_major(&x.ty.shape);
     let mut at = 0i64;
     for o in &cx.outs {
         let shape = &o.ty.shape;

@@ -6,6 +6,7 @@
 //! i32 bias and requantizes in f64 with per-channel multipliers rounded to
 //! the scales' promoted dtype.
 
+use crate::codegen::nest::row_major;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{F32, F64, I8, I32};
 use cranelift_codegen::ir::{InstBuilder, Value};
@@ -30,14 +31,6 @@ struct Geom {
     dilations: Vec<usize>,
     begin: Vec<usize>,
     out: Vec<usize>,
-}
-
-fn row_major(shape: &[usize]) -> Vec<i64> {
-    let mut s = vec![1i64; shape.len()];
-    for d in (0..shape.len().saturating_sub(1)).rev() {
-        s[d] = s[d + 1] * shape[d + 1] as i64;
-    }
-    s
 }
 
 struct Dim {

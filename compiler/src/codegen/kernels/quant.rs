@@ -4,6 +4,7 @@
 //! quantized value is `saturate(round_half_even(x / s) + zp)`, the division
 //! rounded to numpy's promoted dtype of x and s.
 
+use crate::codegen::nest::row_major;
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::types::{F32, F64, I32};
 use cranelift_codegen::ir::{InstBuilder, Value};
@@ -60,14 +61,6 @@ pub fn saturate(kb: &mut Kb, d: DType, v: Value) -> Value {
     let r = kb.b.ins().fmin(r, hi);
     // NaN converts to 0, as `f64 as u8` does.
     kb.b.ins().fcvt_to_sint_sat(Elt(d).compute(1), r)
-}
-
-fn row_major(shape: &[usize]) -> Vec<i64> {
-    let mut s = vec![1i64; shape.len()];
-    for d in (0..shape.len().saturating_sub(1)).rev() {
-        s[d] = s[d + 1] * shape[d + 1] as i64;
-    }
-    s
 }
 
 /// How a scale or zero point maps onto the input.
