@@ -265,7 +265,7 @@ static const char *run_error(int code) {
     switch (code) {
     case 1: return "a NULL input or output pointer";
     case 2: return "workspace NULL while the model needs one";
-    case 3: return "runtime data error (e.g. an index out of range)";
+    case 3: return "runtime data error (an index out of range, or a run-time input the code cannot handle)";
     default: return "unknown error code";
     }
 }

@@ -299,6 +299,24 @@ impl<'a> Kb<'a> {
     }
 
     /// IEEE half bits (in an i32) to f32, exact, incl. subnormals/inf/NaN.
+    /// An f32 `v` rounded to the precision of `dt` (f16 or bf16), as f32.
+    pub fn round_to_half(&mut self, dt: DType, v: Value) -> Value {
+        match dt {
+            DType::F16 => {
+                let h = self.f32_to_f16(v);
+                let h = self.b.ins().band_imm_s(h, 0xffff);
+                self.f16_to_f32(h)
+            }
+            DType::BF16 => {
+                let h = self.f32_to_bf16(v);
+                let h = self.b.ins().band_imm_s(h, 0xffff);
+                let w = self.b.ins().ishl_imm_u(h, 16);
+                self.b.ins().bitcast(F32, MemFlagsData::new(), w)
+            }
+            _ => v,
+        }
+    }
+
     fn f16_to_f32(&mut self, h: Value) -> Value {
         let sign = self.b.ins().band_imm_s(h, 0x8000);
         let sign = self.b.ins().ishl_imm_u(sign, 16);

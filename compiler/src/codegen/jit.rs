@@ -89,7 +89,10 @@ impl JitModel {
         let rc = unsafe { (self.run)(in_ptrs.as_ptr(), out_ptrs.as_ptr(), ws.ptr, pool) };
         match rc {
             0 => {}
-            super::RC_DATA_I32 => bail!(Invalid, "run failed: an index input is out of range"),
+            super::RC_DATA_I32 => bail!(
+                Invalid,
+                "run failed: a run-time input was out of range (an index, or a Dropout ratio/training_mode the compiled code cannot handle)"
+            ),
             rc => bail!(Internal, "compiled model returned {rc}"),
         }
         self.iface

@@ -282,7 +282,7 @@ fn keep_aspect_ratio(
 }
 
 /// Input slots of roi, scales and sizes, by op and opset.
-fn slots(op: &str, opset: i64) -> [Option<usize>; 3] {
+pub(crate) fn slots(op: &str, opset: i64) -> [Option<usize>; 3] {
     match (op, opset) {
         ("Upsample", ..=8) => [None, None, None],
         ("Upsample", _) | ("Resize", ..=10) => [None, Some(1), None],

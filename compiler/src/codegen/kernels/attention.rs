@@ -1,17 +1,21 @@
 //! ONNX `Attention` (what the fuse pass turns BERT-style attention into):
-//! one work item per (batch, head, query row) computes the scaled scores
-//! against every key (f32x4 dot products), adds the mask, applies causal
-//! masking, takes a numerically stable softmax and accumulates the weighted
-//! values straight into the output row. Scores live in per-item scratch.
+//! one work item per (batch, head, query row) computes the scaled (and
+//! soft-capped) scores against every key (f32x4 dot products), adds the
+//! mask, hides keys by the causal, sliding-window and padding masks, takes a
+//! numerically stable softmax and accumulates the weighted values straight
+//! into the output row. Scores live in per-item scratch. A key/value cache
+//! is concatenated into the `present` outputs first, and the
+//! `qk_matmul_output` stage is written out when asked for.
 
-use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::types::{F32, F32X4};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::types::{F32, F32X4, I8, I64};
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::math;
 use super::{NodeCx, Table};
 use crate::codegen::builder::{Kb, mem};
-use crate::codegen::lower::Lower;
+use crate::codegen::lower::{Buf, Lower, Operand};
+use crate::codegen::nest::{self, Access};
 use crate::error::Result;
 use crate::ir::DType;
 
@@ -32,33 +36,108 @@ fn qkv_strides(shape: &[usize], heads: usize) -> (i64, i64, i64, usize, usize) {
     }
 }
 
+/// Where a K or V operand's rows live: its buffer and element strides
+/// (batch, head, sequence) over `total` rows.
+struct Rows {
+    buf: Buf,
+    sb: i64,
+    sh: i64,
+    sj: i64,
+    total: usize,
+}
+
+/// The key (or value) rows: the input itself, or, with a cache or when the
+/// `present` output is wanted, the past rows followed by the new ones,
+/// written into `present` (`[B, heads, total, D]`, or scratch).
+fn kv_rows(
+    lw: &mut Lower,
+    x: &Operand,
+    past: Option<&Operand>,
+    present: Option<&Operand>,
+    heads: usize,
+) -> Result<Rows> {
+    let (sb, sh, sj, s, d) = qkv_strides(&x.ty.shape, heads);
+    if past.is_none() && present.is_none() {
+        return Ok(Rows {
+            buf: x.buf,
+            sb,
+            sh,
+            sj,
+            total: s,
+        });
+    }
+    let b = x.ty.shape[0];
+    let p = past.map_or(0, |p| p.ty.shape[2]);
+    let total = p + s;
+    let buf = match present {
+        Some(o) => o.buf,
+        None => lw.scratch(b * heads * total * d * 4),
+    };
+    let dst = |offset: usize| Access {
+        buf,
+        dt: DType::F32,
+        offset: offset as i64,
+        strides: vec![(heads * total * d) as i64, (total * d) as i64, d as i64, 1],
+    };
+    if let Some(pk) = past {
+        let shape = [b, heads, p, d];
+        nest::emit(
+            lw,
+            &shape,
+            &[Access::dense(pk.buf, DType::F32, &shape)],
+            &[dst(0)],
+            true,
+            |_, v, _| vec![v[0]],
+        )?;
+    }
+    let src = Access {
+        buf: x.buf,
+        dt: DType::F32,
+        offset: 0,
+        strides: vec![sb, sh, sj, 1],
+    };
+    nest::emit(
+        lw,
+        &[b, heads, s, d],
+        &[src],
+        &[dst(p * d)],
+        true,
+        |_, v, _| vec![v[0]],
+    )?;
+    Ok(Rows {
+        buf,
+        sb: (heads * total * d) as i64,
+        sh: (total * d) as i64,
+        sj: d as i64,
+        total,
+    })
+}
+
+/// Element strides of the attention mask broadcast (right-aligned) to
+/// `[B, H, Sq, total]`, and its own key length (keys past it are masked).
+fn mask_strides(m: &Operand) -> ([i64; 4], usize) {
+    let s = &m.ty.shape;
+    let mut st = [0i64; 4];
+    let mut acc = 1i64;
+    for (i, &d) in s.iter().enumerate().rev() {
+        let j = 4 - (s.len() - i);
+        if d != 1 {
+            st[j] = acc;
+        }
+        acc *= d as i64;
+    }
+    (st, s.last().copied().unwrap_or(1))
+}
+
 fn attention(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     let (q, k, v) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
     let a = cx.attrs();
     if q.ty.dtype != DType::F32 {
         bail!(
             Unsupported,
-            "Attention on {} (native Attention is f32)",
+            "Attention on {} (native Attention is f32, f16 and bf16)",
             q.ty.dtype
         );
-    }
-    if cx.ins.iter().skip(4).any(Option::is_some) {
-        bail!(
-            Unsupported,
-            "Attention with a key/value cache or nonpad_kv_seqlen"
-        );
-    }
-    if cx.outs.len() > 1 {
-        bail!(
-            Unsupported,
-            "Attention's optional outputs (present key/value, qk)"
-        );
-    }
-    if a.float("softcap", 0.0)? != 0.0
-        || a.int("left_window_size", -1)? >= 0
-        || a.int("right_window_size", -1)? >= 0
-    {
-        bail!(Unsupported, "Attention with softcap or a sliding window");
     }
     let rank = q.ty.shape.len();
     let (qh, kvh) = if rank == 3 {
@@ -71,8 +150,13 @@ fn attention(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     };
     let batch = q.ty.shape[0];
     let (qsb, qsh, qsi, sq, dh) = qkv_strides(&q.ty.shape, qh);
-    let (ksb, ksh, ksj, total, _) = qkv_strides(&k.ty.shape, kvh);
-    let (vsb, vsh, vsj, _, dv) = qkv_strides(&v.ty.shape, kvh);
+    let opt_in = |i: usize| cx.ins.get(i).and_then(|o| o.as_ref());
+    let (past_k, past_v) = (opt_in(4), opt_in(5));
+    let kr = kv_rows(lw, k, past_k, cx.outs.get(1), kvh)?;
+    let vr = kv_rows(lw, v, past_v, cx.outs.get(2), kvh)?;
+    let total = kr.total;
+    let past = past_k.map_or(0, |p| p.ty.shape[2]) as i64;
+    let dv = v.ty.shape[rank - 1] / if rank == 3 { kvh } else { 1 };
     let out = cx.out(0);
     let (osb, osh, osi, _, _) = qkv_strides(&out.ty.shape, qh);
     let reps = qh / kvh;
@@ -80,36 +164,30 @@ fn attention(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
         Some(s) => s as f64,
         None => 1.0 / (dh as f64).sqrt(),
     };
+    let softcap = a.float("softcap", 0.0)? as f64;
     let causal = a.int("is_causal", 0)? != 0;
-    // The mask broadcasts (right-aligned) to [B, H, Sq, total].
-    let mask = cx.ins.get(3).and_then(|m| m.clone());
-    let mask_info = match &mask {
-        Some(m) => {
-            let s = &m.ty.shape;
-            if s.last().copied() != Some(total) {
-                bail!(Unsupported, "an attn_mask shorter than the key length");
-            }
-            let mut st = [0i64; 4];
-            let mut acc = 1i64;
-            for (i, &d) in s.iter().enumerate().rev() {
-                let j = 4 - (s.len() - i);
-                if d != 1 {
-                    st[j] = acc;
-                }
-                acc *= d as i64;
-            }
-            Some((m.ty.dtype == DType::Bool, st))
-        }
-        None => None,
-    };
+    let left = a.int("left_window_size", -1)?;
+    let right = a.int("right_window_size", -1)?;
+    let mode = a.int("qk_matmul_output_mode", 0)?;
+    let mask = opt_in(3).map(|m| (m.ty.dtype == DType::Bool, mask_strides(m)));
+    let nonpad = opt_in(6);
+    let qk = cx.outs.get(3);
     let scores = lw.scratch(batch * qh * sq * total * 4);
-    let mut bufs = vec![q.buf, k.buf, v.buf, out.buf, scores];
-    if let Some(m) = &mask {
-        bufs.push(m.buf);
-    }
+    let mut bufs = vec![q.buf, kr.buf, vr.buf, out.buf, scores];
+    let mut slot = |b: Option<Buf>| {
+        b.map(|b| {
+            bufs.push(b);
+            bufs.len() - 1
+        })
+    };
+    let mask_arg = slot(opt_in(3).map(|m| m.buf));
+    let nonpad_arg = slot(nonpad.map(|n| n.buf));
+    let qk_arg = slot(qk.map(|o| o.buf));
     lw.kernel(bufs, batch * qh * sq, |kb| {
         let (qp, kp, vp, op, sp) = (kb.arg(0), kb.arg(1), kb.arg(2), kb.arg(3), kb.arg(4));
-        let mp = mask_info.map(|_| kb.arg(5));
+        let mp = mask_arg.map(|j| kb.arg(j));
+        let np = nonpad_arg.map(|j| kb.arg(j));
+        let qkp = qk_arg.map(|j| kb.arg(j));
         let (b0, e0) = (kb.begin, kb.end);
         kb.for_range(b0, e0, 1, |kb, item| {
             let i = kb.b.ins().urem_imm_u(item, sq as i64);
@@ -123,24 +201,61 @@ fn attention(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
             };
             let qrow = row(kb, qp, qsb, qsh, h);
             let qrow = kb.gep(qrow, i, qsi * 4);
-            let kbase = row(kb, kp, ksb, ksh, kh);
-            let vbase = row(kb, vp, vsb, vsh, kh);
+            let kbase = row(kb, kp, kr.sb, kr.sh, kh);
+            let vbase = row(kb, vp, vr.sb, vr.sh, kh);
             let orow = row(kb, op, osb, osh, h);
             let orow = kb.gep(orow, i, osi * 4);
             let srow = kb.gep(sp, item, (total * 4) as i64);
-            // Scores and their max.
+            let qkrow = qkp.map(|p| kb.gep(p, item, (total * 4) as i64));
+            // Keys at or past `valid` are padding; query i sits at key
+            // position i + offset for the causal and window masks.
+            let (valid, offset) = match np {
+                Some(np) => {
+                    let a = kb.gep(np, b, 8);
+                    let n = kb.b.ins().load(I64, mem(), a, 0);
+                    let o = kb.b.ins().iadd_imm_s(n, -(sq as i64));
+                    (Some(n), o)
+                }
+                None => (None, kb.i(past)),
+            };
+            let pos = kb.b.ins().iadd(i, offset);
             let ninf = kb.b.ins().f32const(f32::NEG_INFINITY);
             let maxv = kb.var(F32, ninf);
+            let no = kb.b.ins().iconst(I8, 0);
+            let live = kb.var(I8, no);
             let z = kb.i(0);
             let tj = kb.i(total as i64);
             kb.for_range(z, tj, 1, |kb, j| {
-                let krow = kb.gep(kbase, j, ksj * 4);
+                let krow = kb.gep(kbase, j, kr.sj * 4);
                 let d = dot(kb, qrow, krow, dh);
                 let sc = kb.b.ins().f32const(scale as f32);
                 let mut x = kb.b.ins().fmul(d, sc);
-                if let (Some((is_bool, st)), Some(mp)) = (mask_info, mp) {
+                if softcap > 0.0 {
+                    let inv = kb.b.ins().f32const((1.0 / softcap) as f32);
+                    let t = kb.b.ins().fmul(x, inv);
+                    let t = math::tanh(kb, F32, t);
+                    let c = kb.b.ins().f32const(softcap as f32);
+                    x = kb.b.ins().fmul(t, c);
+                }
+                // The additive bias: the float mask's value, or -inf where
+                // any mask hides key j.
+                let mut bias = kb.b.ins().f32const(0.0);
+                let mut hidden = kb.b.ins().iconst(I8, 0);
+                let mut hide = |kb: &mut Kb, cond: Value| {
+                    hidden = kb.b.ins().bor(hidden, cond);
+                };
+                if let (Some((is_bool, (st, mlen))), Some(mp)) = (mask, mp) {
+                    if mlen < total {
+                        let past_end =
+                            kb.b.ins()
+                                .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, j, mlen as i64);
+                        hide(kb, past_end);
+                    }
+                    // Clamped so padded keys never read past the mask.
+                    let jm = kb.i(mlen as i64 - 1);
+                    let jc = kb.b.ins().smin(j, jm);
                     let mut off = kb.i(0);
-                    for (idx, s) in [b, h, i, j].into_iter().zip(st) {
+                    for (idx, s) in [b, h, i, jc].into_iter().zip(st) {
                         if s != 0 {
                             let t = kb.muli(idx, s);
                             off = kb.b.ins().iadd(off, t);
@@ -148,39 +263,61 @@ fn attention(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
                     }
                     if is_bool {
                         let ma = kb.gep(mp, off, 1);
-                        let keep = kb.load_elt(DType::Bool, ma, 1);
-                        let keep = kb.b.ins().icmp_imm_s(
-                            cranelift_codegen::ir::condcodes::IntCC::NotEqual,
-                            keep,
-                            0,
-                        );
-                        x = kb.b.ins().select(keep, x, ninf);
+                        let keep = kb.b.ins().load(I8, mem(), ma, 0);
+                        let off_ = kb.b.ins().icmp_imm_s(IntCC::Equal, keep, 0);
+                        hide(kb, off_);
                     } else {
                         let ma = kb.gep(mp, off, 4);
-                        let m = kb.b.ins().load(F32, mem(), ma, 0);
-                        x = kb.b.ins().fadd(x, m);
+                        bias = kb.b.ins().load(F32, mem(), ma, 0);
                     }
                 }
+                let diff = kb.b.ins().isub(pos, j);
                 if causal {
-                    // Key j is visible to query i when j <= i (no cache).
-                    let vis = kb.b.ins().icmp(
-                        cranelift_codegen::ir::condcodes::IntCC::SignedLessThanOrEqual,
-                        j,
-                        i,
-                    );
-                    x = kb.b.ins().select(vis, x, ninf);
+                    let c = kb.b.ins().icmp_imm_s(IntCC::SignedLessThan, diff, 0);
+                    hide(kb, c);
+                }
+                if left >= 0 {
+                    let c = kb.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, diff, left);
+                    hide(kb, c);
+                }
+                if right >= 0 {
+                    let c = kb.b.ins().icmp_imm_s(IntCC::SignedLessThan, diff, -right);
+                    hide(kb, c);
+                }
+                if let Some(n) = valid {
+                    let c = kb.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, j, n);
+                    hide(kb, c);
+                }
+                let bias = kb.b.ins().select(hidden, ninf, bias);
+                let unmasked = kb.b.ins().fcmp(FloatCC::NotEqual, bias, ninf);
+                let l = kb.b.use_var(live);
+                let l = kb.b.ins().bor(l, unmasked);
+                kb.b.def_var(live, l);
+                let sum = kb.b.ins().fadd(x, bias);
+                let logit = kb.b.ins().select(unmasked, sum, ninf);
+                if let Some(qr) = qkrow {
+                    let qa = kb.gep(qr, j, 4);
+                    match mode {
+                        0 => kb.b.ins().store(mem(), x, qa, 0),
+                        1 if softcap > 0.0 => kb.b.ins().store(mem(), x, qa, 0),
+                        1 | 2 => kb.b.ins().store(mem(), logit, qa, 0),
+                        _ => kb.b.ins().nop(),
+                    };
                 }
                 let sa = kb.gep(srow, j, 4);
-                kb.b.ins().store(mem(), x, sa, 0);
+                kb.b.ins().store(mem(), logit, sa, 0);
                 let m = kb.b.use_var(maxv);
-                let m = kb.b.ins().fmax(m, x);
+                let m = kb.b.ins().fmax(m, logit);
                 kb.b.def_var(maxv, m);
             });
             // exp(x - max) and the sum; a fully masked row gives zeros.
             let m = kb.b.use_var(maxv);
-            let all_masked = kb.b.ins().fcmp(FloatCC::Equal, m, ninf);
+            let l = kb.b.use_var(live);
+            let inf_max = kb.b.ins().fcmp(FloatCC::Equal, m, ninf);
+            let dead = kb.b.ins().icmp_imm_s(IntCC::Equal, l, 0);
+            let dead = kb.b.ins().bor(dead, inf_max);
             let zero = kb.b.ins().f32const(0.0);
-            let m = kb.b.ins().select(all_masked, zero, m);
+            let m = kb.b.ins().select(inf_max, zero, m);
             let sum = kb.var(F32, zero);
             let z = kb.i(0);
             kb.for_range(z, tj, 1, |kb, j| {
@@ -194,10 +331,21 @@ fn attention(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
                 kb.b.def_var(sum, s);
             });
             let s = kb.b.use_var(sum);
-            let pos = kb.b.ins().fcmp(FloatCC::GreaterThan, s, zero);
+            let pos_sum = kb.b.ins().fcmp(FloatCC::GreaterThan, s, zero);
             let one = kb.b.ins().f32const(1.0);
             let inv = kb.b.ins().fdiv(one, s);
-            let inv = kb.b.ins().select(pos, inv, zero);
+            let inv = kb.b.ins().select(pos_sum, inv, zero);
+            let inv = kb.b.ins().select(dead, zero, inv);
+            if let (Some(qr), 3) = (qkrow, mode) {
+                let z = kb.i(0);
+                kb.for_range(z, tj, 1, |kb, j| {
+                    let sa = kb.gep(srow, j, 4);
+                    let p = kb.b.ins().load(F32, mem(), sa, 0);
+                    let p = kb.b.ins().fmul(p, inv);
+                    let qa = kb.gep(qr, j, 4);
+                    kb.b.ins().store(mem(), p, qa, 0);
+                });
+            }
             // y = sum_j p_j v_j, scaled by 1/sum at the end.
             let z = kb.i(0);
             let de = kb.i(dv as i64);
@@ -210,7 +358,7 @@ fn attention(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
                     let sa = kb.gep(srow, j, 4);
                     let p = kb.b.ins().load(F32, mem(), sa, 0);
                     let p = kb.splat(ty, p);
-                    let vrow = kb.gep(vbase, j, vsj * 4);
+                    let vrow = kb.gep(vbase, j, vr.sj * 4);
                     let va = kb.gep(vrow, e, 4);
                     let vv = kb.b.ins().load(ty, mem(), va, 0);
                     let a = kb.b.use_var(acc);

@@ -69,6 +69,7 @@ pub fn register(t: &mut Table) {
     t.add(&["IsNaN", "IsInf"], classify);
     t.add(&["Where"], where_);
     t.add(&["Clip"], clip);
+    t.add(&["Shrink"], shrink);
     t.add(&["Cast", "CastLike"], cast);
     t.add(&["PRelu"], prelu);
     t.add(&["Pow"], pow);
@@ -565,6 +566,40 @@ fn clip(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
             };
         }
         x
+    })
+}
+
+/// `x < -lambd ? x + bias : x > lambd ? x - bias : 0`; integers go through
+/// f64 and back with the interpreter's saturating conversion.
+fn shrink(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
+    let dt = cx.out(0).ty.dtype;
+    let bias = cx.attrs().float("bias", 0.0)? as f64;
+    let lambd = cx.attrs().float("lambd", 0.5)? as f64;
+    let float = dt.is_float();
+    map(lw, cx, &[0], float, move |kb, v, _| {
+        let x = if float {
+            v[0]
+        } else {
+            convert(kb, v[0], dt, DType::F64)
+        };
+        let ty = vty(kb, x);
+        let (nl, l, b) = (
+            kb.constant(ty, -lambd),
+            kb.constant(ty, lambd),
+            kb.constant(ty, bias),
+        );
+        let z = kb.constant(ty, 0.0);
+        let up = kb.b.ins().fadd(x, b);
+        let down = kb.b.ins().fsub(x, b);
+        let lo = kb.b.ins().fcmp(FloatCC::LessThan, x, nl);
+        let hi = kb.b.ins().fcmp(FloatCC::GreaterThan, x, l);
+        let y = kb.sel(hi, down, z);
+        let y = kb.sel(lo, up, y);
+        if float {
+            y
+        } else {
+            convert(kb, y, DType::F64, dt)
+        }
     })
 }
 

@@ -16,6 +16,7 @@ mod movement;
 mod nhwc;
 mod norm;
 mod pool;
+mod promote;
 mod qconv;
 mod qmatmul;
 mod quant;
@@ -100,6 +101,9 @@ pub fn lower(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     let Some(&f) = TABLE.0.get(cx.node.op.as_str()) else {
         bail!(Unsupported, "no native kernel for {} yet", cx.node.op);
     };
+    if promote::wraps(cx) {
+        return promote::adapt(lw, cx, lower);
+    }
     if nhwc::wraps(cx) && !NATIVE_NHWC.contains(&cx.node.op.as_str()) {
         return nhwc::adapt(lw, cx, f);
     }

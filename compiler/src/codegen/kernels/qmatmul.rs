@@ -2,7 +2,8 @@
 //! (scalar code, one work item per output row) with zero points and scales
 //! that broadcast numpy-style. MatMulInteger accumulates in wrapping i32
 //! like the interpreter; QLinearMatMul requantizes in f64 with the scale
-//! product and quotient rounded to the scales' promoted dtype.
+//! product and quotient rounded to the scales' promoted dtype (f16, bf16,
+//! f32 or f64).
 
 use cranelift_codegen::ir::types::{F32, F64, I32};
 use cranelift_codegen::ir::{InstBuilder, Value};
@@ -250,23 +251,21 @@ fn promote(a: DType, b: DType) -> DType {
     }
 }
 
-/// Rounds an f64 to `d`'s precision (f32 or f64).
+/// Rounds an f64 to `d`'s precision (f64, f32, f16 or bf16; the narrow
+/// ones through f32, exact for the products of two half scales).
 fn round_to(kb: &mut Kb, d: DType, v: Value) -> Value {
-    if d == DType::F32 {
-        let r = kb.b.ins().fdemote(F32, v);
-        kb.b.ins().fpromote(F64, r)
-    } else {
-        v
+    if d == DType::F64 {
+        return v;
     }
+    let r = kb.b.ins().fdemote(F32, v);
+    let r = kb.round_to_half(d, r);
+    kb.b.ins().fpromote(F64, r)
 }
 
 fn qlinear_matmul(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     let (a, b, out) = (cx.input(0)?, cx.input(3)?, cx.out(0));
     let (sa, sb, sy, zy) = (cx.input(1)?, cx.input(4)?, cx.input(6)?, cx.input(7)?);
     let d = promote(promote(sa.ty.dtype, sb.ty.dtype), sy.ty.dtype);
-    if !matches!(d, DType::F32 | DType::F64) {
-        bail!(Unsupported, "QLinearMatMul with {d} scales");
-    }
     let (a2, b2, batch) = plan(&a.ty.shape, &b.ty.shape);
     let (m, k, n) = (a2[a2.len() - 2], a2[a2.len() - 1], b2[b2.len() - 1]);
     let (ta, tb) = (with(&batch, m, k), with(&batch, k, n));

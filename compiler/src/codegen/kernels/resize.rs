@@ -18,7 +18,7 @@ use crate::codegen::lower::{Buf, Lower};
 use crate::codegen::nest::{self, Access};
 use crate::error::Result;
 use crate::ir::DType;
-use crate::ops::resize::{Tap, axis_taps, float_max};
+use crate::ops::resize::{Tap, axis_taps, float_max, slots};
 
 pub fn register(t: &mut Table) {
     t.add(&["Resize", "Upsample"], resize);
@@ -71,15 +71,25 @@ struct Side {
 fn resize(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     let (x, out) = (cx.input(0)?, cx.out(0));
     let op = cx.node.op.as_str();
-    for i in 1..cx.ins.len() {
-        if cx.ins[i].as_ref().is_some_and(|o| o.ty.numel() > 0) && cx.consts[i].is_none() {
+    // The roi only moves the taps in tf_crop_and_resize; elsewhere a
+    // run-time roi is read by no one.
+    let crops = cx
+        .attrs()
+        .string("coordinate_transformation_mode", "half_pixel")?
+        == "tf_crop_and_resize";
+    let roi = slots(op, cx.node.opset)[0].filter(|_| !crops);
+    let mut consts = cx.consts.clone();
+    for (i, c) in consts.iter_mut().enumerate().skip(1) {
+        if Some(i) == roi {
+            *c = None;
+        } else if cx.ins[i].as_ref().is_some_and(|o| o.ty.numel() > 0) && c.is_none() {
             bail!(
                 Unsupported,
                 "input {i} of {op} must be a constant for native code (it decides the sampling taps)"
             );
         }
     }
-    let steps = axis_taps(cx.attrs(), cx.node.opset, op, &x.ty.shape, &cx.consts)?;
+    let steps = axis_taps(cx.attrs(), cx.node.opset, op, &x.ty.shape, &consts)?;
     let dt = x.ty.dtype;
     if out.ty.numel() == 0 {
         return Ok(());
