@@ -1,4 +1,5 @@
-//! Error bounds of the native trigonometric and hyperbolic kernels
+//! Error bounds of the native exponential, activation, trigonometric and
+//! hyperbolic kernels
 //! (codegen/kernels/math.rs) against f64 `std`, on f32 sweeps through a
 //! JIT-compiled one-node graph (vector lanes and the scalar tail both run).
 //! The interpreter, which computes in f64, must agree with `std` too.
@@ -7,7 +8,8 @@
 //! relative above. Stated bounds (f32): sin, cos on |x| <= 100: 4e-7;
 //! tan on |x| <= 1.5: 4e-7 (relative, it is steep near the poles);
 //! asin, acos, atan: 3e-7; sinh, cosh on |x| <= 88: 6e-7; asinh, acosh,
-//! atanh: 4e-7.
+//! atanh: 4e-7; exp on [-87, 88]: 1.5e-7 relative; log on (0, 3.4e38]:
+//! 2e-7; tanh, sigmoid: 1.5e-7; erf: 3e-7; Gelu (erf form): 3e-7.
 
 use cpucc::codegen::jit::JitModel;
 use cpucc::codegen::{Dumps, Target};
@@ -19,8 +21,17 @@ fn one_node(op: &str, n: usize) -> Graph {
     let x = g
         .add_input("x", ValueType::new(DType::F32, vec![n]))
         .unwrap();
-    g.add_node(op, op, 13, Attrs::default(), vec![Some(x)], &["y".into()])
-        .unwrap();
+    // Gelu arrived in opset 20; everything else here exists in 13.
+    let opset = if op == "Gelu" { 20 } else { 13 };
+    g.add_node(
+        op,
+        op,
+        opset,
+        Attrs::default(),
+        vec![Some(x)],
+        &["y".into()],
+    )
+    .unwrap();
     g.outputs = vec![g.find("y").unwrap()];
     g
 }
@@ -138,4 +149,34 @@ fn inverse_hyperbolic() {
     let mut xs = linspace(-1.0, 1.0, 20001);
     xs.extend([0.9999999, -0.9999999, 1.5, -1.5]);
     check("Atanh", xs, f64::atanh, 4e-7);
+}
+
+#[test]
+fn exp_log() {
+    let mut xs = linspace(-87.0, 88.0, 20001);
+    xs.extend(linspace(-1.0, 1.0, 4001));
+    xs.extend([88.8, 89.0, 100.0, -88.0, -100.0, -104.0]);
+    check("Exp", xs, f64::exp, 1.5e-7);
+    let mut xs = linspace(1e-3, 10.0, 20001);
+    xs.extend(logspace(-37, 38).into_iter().filter(|&x| x > 0.0));
+    xs.extend([f32::MIN_POSITIVE, 1e-45, -1.0]);
+    check("Log", xs, f64::ln, 2e-7);
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn gelu(x: f64) -> f64 {
+    0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+}
+
+#[test]
+fn activations() {
+    let mut xs = linspace(-20.0, 20.0, 20001);
+    xs.extend(logspace(-8, 30));
+    check("Tanh", xs.clone(), f64::tanh, 1.5e-7);
+    check("Sigmoid", xs.clone(), sigmoid, 1.5e-7);
+    check("Erf", xs.clone(), libm::erf, 3e-7);
+    check("Gelu", xs, gelu, 3e-7);
 }
