@@ -2,6 +2,8 @@
 //! targets through their object under qemu, and the `--check` comparison
 //! with the interpreter (with bisection to the first diverging node).
 
+use std::time::Duration;
+
 use cpucc::codegen::jit::JitModel;
 use cpucc::codegen::{Dumps, artifact};
 use cpucc::ir::{Graph, Tensor, ValueType};
@@ -16,8 +18,14 @@ pub fn target(spec: &str) -> Result<Target> {
 }
 
 /// Compiles `g` for `target` and runs it: in-process for a target the host
-/// can execute, else cross-linked and run under qemu.
-pub fn run_native(g: &Graph, target: &Target, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+/// can execute, else cross-linked and run under qemu, where a run longer
+/// than `limit` counts as a hang.
+pub fn run_native(
+    g: &Graph,
+    target: &Target,
+    inputs: &[Tensor],
+    limit: Duration,
+) -> Result<Vec<Tensor>> {
     if target.runs_on_host().is_ok() {
         let m = JitModel::compile(g, target, &mut Dumps::default())?;
         return m.run(inputs);
@@ -34,7 +42,7 @@ pub fn run_native(g: &Graph, target: &Target, inputs: &[Tensor]) -> Result<Vec<T
         .zip(inputs)
         .map(|(&v, t)| (g.value(v).name.clone(), t.clone()))
         .collect();
-    let out = cross::run_foreign(&obj, &hdr, "model", target, &named, &dir);
+    let out = cross::run_foreign_timeout(&obj, &hdr, "model", target, &named, &dir, limit);
     let _ = std::fs::remove_dir_all(&dir);
     out
 }
@@ -89,7 +97,7 @@ fn summary(t: &Tensor) -> String {
 /// Compiles the unoptimized graph with every node output exposed and names
 /// the first node, in topological order, whose native output differs from
 /// the interpreter's.
-pub fn bisect(g: &Graph, target: &Target, inputs: &[Tensor]) -> Result<()> {
+pub fn bisect(g: &Graph, target: &Target, inputs: &[Tensor], limit: Duration) -> Result<()> {
     let mut probe = g.clone();
     let mut outs = Vec::new();
     for n in g.topo_order()? {
@@ -100,7 +108,7 @@ pub fn bisect(g: &Graph, target: &Target, inputs: &[Tensor]) -> Result<()> {
         }
     }
     probe.outputs = outs.clone();
-    let native = run_native(&probe, target, inputs)?;
+    let native = run_native(&probe, target, inputs, limit)?;
     let reference = interp::run(&probe, inputs)?;
     for ((&v, n), r) in outs.iter().zip(&native).zip(&reference) {
         let (abs, rel) = diff(n, r);

@@ -35,6 +35,10 @@ pub struct Args {
     /// Target of the native code; a non-host target runs under qemu.
     #[arg(long, default_value = "native")]
     target: String,
+    /// Seconds a run under qemu may take before it counts as a hang
+    /// (emulation is 10-100x slower than the hardware).
+    #[arg(long, value_name = "SECS", default_value_t = 1800)]
+    timeout: u64,
     #[command(flatten)]
     passes: PassArgs,
     /// Seed for generated inputs when none are given.
@@ -85,11 +89,12 @@ pub fn main(a: Args) -> Result<()> {
         let target = engine::target(&a.target)?;
         let mut opt = g.clone();
         a.passes.run(&mut opt)?;
-        let native = engine::run_native(&opt, &target, &inputs)?;
+        let limit = std::time::Duration::from_secs(a.timeout);
+        let native = engine::run_native(&opt, &target, &inputs, limit)?;
         if a.check {
             let reference = interp::run(&g, &inputs)?;
             if !engine::report_diff(&g, &native, &reference) {
-                engine::bisect(&g, &target, &inputs)?;
+                engine::bisect(&g, &target, &inputs, limit)?;
                 std::process::exit(1);
             }
         }
