@@ -1,5 +1,7 @@
 //! Measures the dispatch overhead of an empty `parallel_for` (2 items on a
-//! 2-thread pool, pinned and not): median and p90 over many calls.
+//! 2-thread pool, pinned and not): median and p90 over many calls. Each
+//! pool is driven from a fresh thread, so pinning one caller does not
+//! narrow the next pool's CPUs.
 //!
 //! `cargo run --release -p cpucc-runtime --example parallel_for_overhead [CALLS]`
 
@@ -12,7 +14,15 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(20_000);
-    for pin in [true, false] {
+    for pin in [true, false, true, false] {
+        std::thread::spawn(move || measure(pin, calls))
+            .join()
+            .expect("measurement thread");
+    }
+}
+
+fn measure(pin: bool, calls: usize) {
+    {
         let pool = Pool::with_options(&PoolOptions {
             threads: Some(2),
             pin,

@@ -126,6 +126,20 @@ impl Drop for Arena {
     }
 }
 
+/// Advises the whole huge pages inside `[ptr, ptr + len)` (memory that is
+/// already mapped, e.g. a JIT's weight data) for transparent huge pages.
+/// Returns whether the kernel accepted (false when no whole page fits).
+pub fn advise_huge_pages(ptr: *const u8, len: usize) -> bool {
+    let start = (ptr as usize).next_multiple_of(HUGE_PAGE);
+    let end = (ptr as usize + len) / HUGE_PAGE * HUGE_PAGE;
+    if end <= start {
+        return false;
+    }
+    // SAFETY: madvise only changes paging policy of mapped memory the
+    // caller owns; an unmapped range is an error (ENOMEM), not UB.
+    unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) == 0 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +163,18 @@ mod tests {
             } else {
                 assert!(!a.huge_pages());
             }
+        }
+    }
+
+    #[test]
+    fn advising_needs_a_whole_huge_page() {
+        let v = vec![0u8; 3 * HUGE_PAGE];
+        assert!(!advise_huge_pages(v.as_ptr(), HUGE_PAGE - 1));
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .unwrap_or_default();
+        if thp.contains("[always]") || thp.contains("[madvise]") {
+            // 3 pages hold at least 2 aligned whole pages.
+            assert!(advise_huge_pages(v.as_ptr(), v.len()));
         }
     }
 }

@@ -4,7 +4,6 @@
 //! records and per-step times share one clock.
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 /// The current tick count.
 #[inline]
@@ -23,8 +22,11 @@ pub fn ticks() -> u64 {
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
-        static EPOCH: OnceLock<Instant> = OnceLock::new();
-        EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+        static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+        EPOCH
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_nanos() as u64
     }
 }
 
@@ -43,8 +45,8 @@ pub fn tick_hz() -> f64 {
         }
         #[cfg(not(target_arch = "aarch64"))]
         {
-            let (t0, i0) = (ticks(), Instant::now());
-            while i0.elapsed() < Duration::from_millis(20) {
+            let (t0, i0) = (ticks(), std::time::Instant::now());
+            while i0.elapsed() < std::time::Duration::from_millis(20) {
                 std::hint::spin_loop();
             }
             let (t1, el) = (ticks(), i0.elapsed());
@@ -56,6 +58,7 @@ pub fn tick_hz() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn ticks_advance_at_the_calibrated_rate() {

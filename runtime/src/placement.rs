@@ -78,10 +78,10 @@ impl PoolOptions {
         if self.numa_node.is_none() {
             self.numa_node = env_num("CPUCC_NUMA_NODE")?;
         }
-        if let Some(s) = env_num("CPUCC_SPIN")? {
-            if self.spin == DEFAULT_SPIN {
-                self.spin = s;
-            }
+        if self.spin == DEFAULT_SPIN
+            && let Some(s) = env_num("CPUCC_SPIN")?
+        {
+            self.spin = s;
         }
         Ok(self)
     }
