@@ -127,7 +127,7 @@ pub fn main(a: Args) -> Result<()> {
         r.ticks += per_step[i];
     }
     let mut rows: Vec<Row> = rows.into_values().collect();
-    rows.sort_by(|x, y| y.ticks.cmp(&x.ticks));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.ticks));
     let total: u64 = per_step.iter().sum();
     walls.sort_by(f64::total_cmp);
     sums.sort_by(f64::total_cmp);
