@@ -31,8 +31,13 @@ typedef struct cpucc_pool {
 extern "C" {
 #endif
 
-/* A pool of `threads` threads, the caller included (threads - 1 workers);
-   0 = one per physical core. NULL if threads cannot be started. */
+/* A pool of `threads` threads, the caller included (threads - 1 workers),
+   each pinned to its own physical core (SMT siblings skipped, among the
+   CPUs this process may use); the calling thread is pinned to the first.
+   0 = CPUCC_NUM_THREADS, else every physical core of one NUMA node.
+   CPUCC_CORES (a CPU list, e.g. 0-13), CPUCC_NUMA_NODE and CPUCC_SPIN
+   (spin iterations before a waiting thread parks) apply. NULL if a setting
+   is invalid or threads cannot be started. */
 cpucc_pool *cpucc_pool_create(size_t threads);
 /* Stops the workers and frees the pool; NULL is ignored. No parallel_for
    may be running on it. */

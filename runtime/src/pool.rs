@@ -1,11 +1,15 @@
-//! A plain thread pool behind the `cpucc_pool` callback table.
+//! The thread pool behind the `cpucc_pool` callback table: one thread per
+//! physical core, each pinned to its core (see `placement.rs` for which
+//! cores), the caller being thread 0.
 //!
 //! `parallel_for(n)` splits `[0, n)` statically into `threads` contiguous
 //! chunks (sizes differ by at most one, empty chunks are skipped); the
 //! calling thread runs chunk 0 and the workers the rest, and the call returns
 //! when all are done. A call allocates nothing: the job lives in one
-//! preallocated slot. Waiting threads spin briefly (a model issues its
-//! parallel loops back to back), then park on a condition variable.
+//! preallocated slot. Waiting threads spin (`PoolOptions::spin` iterations;
+//! a model issues its parallel loops back to back), then park on a
+//! condition variable. With tracing on, every chunk's start and end ticks
+//! ([`crate::clock`]) go into a preallocated per-thread record buffer.
 //!
 //! Concurrency: calls from several threads on one pool are serialized by a
 //! mutex (one job at a time per pool; use a pool per caller for
@@ -19,6 +23,10 @@ use std::hint::spin_loop;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+
+use crate::placement::{self, PoolOptions};
+use crate::topology::Topology;
+use crate::{affinity, clock};
 
 /// `cpucc_task`: process items `[begin, end)`.
 pub type CpuccTask = unsafe extern "C" fn(arg: *const c_void, begin: usize, end: usize);
@@ -39,6 +47,12 @@ pub struct Pool {
     c: CpuccPool,
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
+    /// The CPU of each thread (index 0 = the caller's).
+    cores: Vec<usize>,
+    pinned: bool,
+    /// Each worker's affinity mask as it read it back after pinning
+    /// (index 0, the caller, is not touched by the pool).
+    masks: Vec<Vec<usize>>,
 }
 
 // SAFETY: `c.ctx` points into `shared`, which is `Sync`; the table itself is
@@ -49,10 +63,17 @@ unsafe impl Sync for Pool {}
 /// More threads than any machine has cores: a caller's mistake.
 const MAX_THREADS: usize = 1 << 16;
 
-/// Spin iterations before parking: 1-10 µs, by the CPU's `pause` latency.
-/// Longer spins lose on an oversubscribed machine: 4,000 made an empty
-/// 2-thread `parallel_for` cost 300 µs at load 8 on 2 cores, 100 costs ~20.
-const SPIN: u32 = 100;
+/// A worker's index and its affinity mask after pinning.
+type MaskReport = (usize, std::io::Result<Vec<usize>>);
+
+/// One chunk a thread ran, in [`clock::ticks`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Span {
+    /// Pool thread index (0 = the caller).
+    pub thread: usize,
+    pub begin: u64,
+    pub end: u64,
+}
 
 #[derive(Clone, Copy)]
 struct Job {
@@ -65,6 +86,9 @@ struct Job {
 
 struct Shared {
     threads: usize,
+    spin: u32,
+    /// Per thread, when tracing: chunks run since the last `take_trace`.
+    trace: Vec<Mutex<Vec<Span>>>,
     /// Held for a whole `parallel_for`: one job at a time.
     run: Mutex<()>,
     job: Mutex<Job>,
@@ -96,14 +120,51 @@ fn chunk(n: usize, threads: usize, t: usize) -> (usize, usize) {
 }
 
 impl Shared {
+    /// Runs one chunk as thread `index`, recording it when tracing.
+    ///
+    /// # Safety
+    /// `task` accepts `arg` on `[b, e)`.
+    unsafe fn run_chunk(
+        &self,
+        index: usize,
+        task: CpuccTask,
+        arg: *const c_void,
+        b: usize,
+        e: usize,
+    ) {
+        let Some(rec) = self.trace.get(index) else {
+            // SAFETY: the caller's contract.
+            unsafe { task(arg, b, e) };
+            return;
+        };
+        let begin = clock::ticks();
+        // SAFETY: the caller's contract.
+        unsafe { task(arg, b, e) };
+        let end = clock::ticks();
+        let mut r = lock(rec);
+        // Never grow (a run allocates nothing): full buffers drop records.
+        if r.len() < r.capacity() {
+            r.push(Span {
+                thread: index,
+                begin,
+                end,
+            });
+        }
+    }
+
     fn parallel_for(&self, n: usize, task: CpuccTask, arg: *const c_void) {
         if n == 0 {
             return;
         }
         let me: *const Shared = self;
-        if self.threads == 1 || n == 1 || CURRENT.get() == me {
+        if CURRENT.get() == me {
             // SAFETY: the caller's contract: `task` accepts `arg` on [0, n).
             unsafe { task(arg, 0, n) };
+            return;
+        }
+        if self.threads == 1 || n == 1 {
+            // SAFETY: as above.
+            unsafe { self.run_chunk(0, task, arg, 0, n) };
             return;
         }
         let _one_job = lock(&self.run);
@@ -120,9 +181,9 @@ impl Shared {
         self.wake.notify_all();
         let (b, e) = chunk(n, self.threads, 0);
         // SAFETY: as above; chunks are disjoint.
-        unsafe { task(arg, b, e) };
+        unsafe { self.run_chunk(0, task, arg, b, e) };
         let mut spins = 0;
-        while self.pending.load(Ordering::Acquire) != 0 && spins < SPIN {
+        while self.pending.load(Ordering::Acquire) != 0 && spins < self.spin {
             spin_loop();
             spins += 1;
         }
@@ -138,7 +199,7 @@ impl Shared {
         let mut seen = 0;
         loop {
             let mut spins = 0;
-            while self.epoch.load(Ordering::Acquire) == seen && spins < SPIN {
+            while self.epoch.load(Ordering::Acquire) == seen && spins < self.spin {
                 spin_loop();
                 spins += 1;
             }
@@ -158,7 +219,7 @@ impl Shared {
                 && b < e
             {
                 // SAFETY: the job's caller waits for us; its arg is alive.
-                unsafe { task(job.arg as *const c_void, b, e) };
+                unsafe { self.run_chunk(index, task, job.arg as *const c_void, b, e) };
             }
             if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
                 let _g = lock(&self.done_lock);
@@ -191,21 +252,56 @@ unsafe extern "C" fn call_closure<F: Fn(usize, usize) + Sync>(
 
 impl Pool {
     /// A pool of `threads` threads including the caller's (`threads - 1`
-    /// workers); 0 means one per physical core.
+    /// workers), pinned to physical cores; 0 means one per physical core of
+    /// one NUMA node. Environment variables are not read (see
+    /// [`PoolOptions::with_env`]).
     pub fn new(threads: usize) -> std::io::Result<Pool> {
-        let threads = if threads == 0 {
-            cpucc_targets::physical_cores()
-        } else {
-            threads
-        };
-        if threads > MAX_THREADS {
+        Pool::with_options(&PoolOptions {
+            threads: (threads > 0).then_some(threads),
+            ..PoolOptions::default()
+        })
+    }
+
+    /// A pool placed by `opts` (see `placement.rs`).
+    pub fn with_options(opts: &PoolOptions) -> std::io::Result<Pool> {
+        let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+        if let Some(t) = opts.threads
+            && t > MAX_THREADS
+        {
+            return Err(invalid(format!(
+                "{t} threads requested, at most {MAX_THREADS} supported"
+            )));
+        }
+        let cores = placement::plan(&Topology::host(), opts).map_err(invalid)?;
+        Pool::on_cores(cores, opts.pin, opts.spin, opts.trace_capacity)
+    }
+
+    /// A pool of one thread per entry of `cores` (thread i on `cores[i]`),
+    /// pinned when `pin`; see [`PoolOptions`] for `spin` and `trace_capacity`.
+    pub fn on_cores(
+        cores: Vec<usize>,
+        pin: bool,
+        spin: u32,
+        trace_capacity: usize,
+    ) -> std::io::Result<Pool> {
+        let threads = cores.len();
+        if threads == 0 || threads > MAX_THREADS {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!("{threads} threads requested, at most {MAX_THREADS} supported"),
+                format!("a pool needs 1 to {MAX_THREADS} threads, not {threads}"),
             ));
         }
+        let trace = if trace_capacity > 0 {
+            (0..threads)
+                .map(|_| Mutex::new(Vec::with_capacity(trace_capacity)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let shared = Arc::new(Shared {
             threads,
+            spin,
+            trace,
             run: Mutex::new(()),
             job: Mutex::new(Job {
                 epoch: 0,
@@ -228,16 +324,97 @@ impl Pool {
             },
             shared,
             workers: Vec::with_capacity(threads - 1),
+            cores: cores.clone(),
+            pinned: pin,
+            masks: vec![Vec::new(); threads],
         };
-        for index in 1..threads {
+        // Workers report their read-back masks (or the pinning error) before
+        // the constructor returns.
+        let reports: Arc<(Mutex<Vec<MaskReport>>, Condvar)> = Arc::default();
+        for (index, &cpu) in cores.iter().enumerate().skip(1) {
             let shared = Arc::clone(&pool.shared);
-            let handle = std::thread::Builder::new()
-                .name(format!("cpucc-pool-{index}"))
-                .spawn(move || shared.worker(index))?;
+            let reports = Arc::clone(&reports);
             // On a spawn error, dropping `pool` stops the workers started so far.
-            pool.workers.push(handle);
+            pool.workers.push(
+                std::thread::Builder::new()
+                    .name(format!("cpucc-pool-{index}"))
+                    .spawn(move || {
+                        let mask = if pin {
+                            affinity::set_current(&[cpu]).and_then(|()| affinity::current())
+                        } else {
+                            affinity::current()
+                        };
+                        lock(&reports.0).push((index, mask));
+                        reports.1.notify_one();
+                        shared.worker(index)
+                    })?,
+            );
         }
+        let mut got = lock(&reports.0);
+        while got.len() < threads - 1 {
+            got = reports.1.wait(got).unwrap_or_else(PoisonError::into_inner);
+        }
+        for (index, mask) in got.drain(..) {
+            pool.masks[index] = mask.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("pinning pool thread {index}: {e}"))
+            })?;
+        }
+        drop(got);
         Ok(pool)
+    }
+
+    /// Pins the calling thread, which runs chunk 0 of every
+    /// `parallel_for`, to the pool's first core (no-op for unpinned pools).
+    pub fn pin_caller(&self) -> std::io::Result<()> {
+        if self.pinned {
+            affinity::set_current(&self.cores[..1])?;
+        }
+        Ok(())
+    }
+
+    /// The CPU of each thread (index 0 = the caller's).
+    pub fn cores(&self) -> &[usize] {
+        &self.cores
+    }
+
+    pub fn pinned(&self) -> bool {
+        self.pinned
+    }
+
+    /// Each worker's affinity mask as read back by the worker after
+    /// pinning; entry 0 (the caller) is empty.
+    pub fn worker_masks(&self) -> &[Vec<usize>] {
+        &self.masks
+    }
+
+    /// Takes the chunk records collected since the last call (empty unless
+    /// the pool was built with a trace capacity). Call between runs.
+    pub fn take_trace(&self) -> Vec<Span> {
+        let mut out = Vec::new();
+        for rec in &self.shared.trace {
+            let mut r = lock(rec);
+            out.extend_from_slice(&r);
+            r.clear();
+        }
+        out
+    }
+
+    /// Writes one byte per 4 KiB page of `mem` from the pool's threads, in
+    /// the static partition, so a fresh mapping's pages are placed on the
+    /// NUMA node of the threads that touch them.
+    pub fn first_touch(&self, mem: &mut [u8]) {
+        const PAGE: usize = 4096;
+        let base = mem.as_mut_ptr() as usize;
+        let len = mem.len();
+        self.parallel_for(len.div_ceil(PAGE), |b, e| {
+            for p in b..e {
+                let at = (base + p * PAGE) as *mut u8;
+                // SAFETY: page p starts inside `mem`, which is borrowed
+                // mutably for the whole call; chunks are disjoint. The byte
+                // is rewritten unchanged: only the fault matters.
+                unsafe { std::ptr::write_volatile(at, std::ptr::read_volatile(at)) };
+            }
+        });
     }
 
     pub fn threads(&self) -> usize {

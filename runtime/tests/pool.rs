@@ -1,12 +1,14 @@
 //! `Pool::parallel_for`: every index exactly once, chunking, the caller's
-//! participation, concurrent callers and nested calls.
+//! participation, concurrent callers and nested calls; pinning (each
+//! worker's affinity read back), chunk tracing and first touch.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::thread::ThreadId;
 
-use cpucc_runtime::Pool;
+use cpucc_runtime::topology::Topology;
+use cpucc_runtime::{Pool, PoolOptions, affinity, placement};
 
 fn check_coverage(pool: &Pool, n: usize) {
     let hits: Vec<AtomicU32> = (0..n).map(|_| AtomicU32::new(0)).collect();
@@ -44,8 +46,102 @@ fn every_index_exactly_once() {
 #[test]
 fn zero_threads_means_physical_cores() {
     let pool = Pool::new(0).unwrap();
-    assert_eq!(pool.threads(), cpucc_targets::physical_cores());
+    let want = placement::plan(&Topology::host(), &PoolOptions::default()).unwrap();
+    assert_eq!(pool.cores(), want.as_slice());
+    // One thread per physical core: never more than the sysfs count.
+    assert!(pool.threads() <= cpucc_targets::physical_cores());
     check_coverage(&pool, 123);
+}
+
+#[test]
+fn workers_are_pinned_to_their_cores() {
+    let allowed = affinity::current().unwrap();
+    let topo = Topology::host();
+    let cores = topo.physical_cores(&allowed);
+    let pool = Pool::with_options(&PoolOptions {
+        threads: Some(cores.len()),
+        ..PoolOptions::default()
+    })
+    .unwrap();
+    let mut used = pool.cores().to_vec();
+    used.sort_unstable();
+    used.dedup();
+    assert_eq!(used.len(), pool.threads(), "distinct cores");
+    for (i, mask) in pool.worker_masks().iter().enumerate().skip(1) {
+        assert_eq!(mask, &vec![pool.cores()[i]], "worker {i}");
+    }
+    // The caller is pinned only on request, to core 0 of the pool.
+    assert_eq!(affinity::current().unwrap(), allowed);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            pool.pin_caller().unwrap();
+            assert_eq!(affinity::current().unwrap(), vec![pool.cores()[0]]);
+            check_coverage(&pool, 64);
+        });
+    });
+}
+
+#[test]
+fn unpinned_workers_keep_the_process_mask() {
+    let allowed = affinity::current().unwrap();
+    let pool = Pool::with_options(&PoolOptions {
+        threads: Some(3),
+        pin: false,
+        ..PoolOptions::default()
+    })
+    .unwrap();
+    for mask in &pool.worker_masks()[1..] {
+        assert_eq!(mask, &allowed);
+    }
+    check_coverage(&pool, 10);
+}
+
+#[test]
+fn cores_outside_the_mask_are_refused() {
+    let allowed = affinity::current().unwrap();
+    let outside = allowed.last().unwrap() + 1;
+    let e = Pool::with_options(&PoolOptions {
+        cores: Some(vec![outside]),
+        ..PoolOptions::default()
+    })
+    .err()
+    .expect("an error");
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+}
+
+#[test]
+fn traces_record_every_chunk_once() {
+    let pool = Pool::on_cores(vec![0; 3], false, 100, 16).unwrap();
+    pool.parallel_for(9, |_, _| std::hint::black_box(()));
+    pool.parallel_for(1, |_, _| ());
+    let mut spans = pool.take_trace();
+    spans.sort_by_key(|s| (s.thread, s.begin));
+    let threads: Vec<usize> = spans.iter().map(|s| s.thread).collect();
+    // Three chunks of the first job, then the single-item job inline.
+    assert_eq!(threads, vec![0, 0, 1, 2]);
+    assert!(spans.iter().all(|s| s.begin <= s.end));
+    assert!(pool.take_trace().is_empty(), "taken");
+    // Full buffers drop records instead of growing.
+    for _ in 0..40 {
+        pool.parallel_for(3, |_, _| ());
+    }
+    assert_eq!(pool.take_trace().len(), 3 * 16);
+}
+
+#[test]
+fn first_touch_keeps_the_contents() {
+    let pool = Pool::new(2).unwrap();
+    let mut a = cpucc_runtime::Arena::new(3 * cpucc_runtime::HUGE_PAGE + 5).unwrap();
+    for (i, b) in a.as_mut_slice().iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    pool.first_touch(a.as_mut_slice());
+    assert!(
+        a.as_slice()
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == (i % 251) as u8)
+    );
 }
 
 #[test]

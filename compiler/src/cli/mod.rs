@@ -4,6 +4,7 @@ mod bench;
 mod compile;
 mod engine;
 mod inspect;
+mod profile;
 mod run;
 mod targets;
 
@@ -33,8 +34,12 @@ enum Command {
     /// Run a model (compiled for the host, or the interpreter) on inputs
     /// from files or fixed-seed random inputs.
     Run(run::Args),
-    /// Time a compiled model: min / median / p90 latency.
+    /// Time a compiled model: latency percentiles and throughput, on pinned
+    /// cores, optionally as several instances on disjoint cores.
     Bench(bench::Args),
+    /// Time every kernel of a compiled model: a per-node table and an
+    /// optional Chrome/Perfetto trace.
+    Profile(profile::Args),
     /// List the target presets (features, SVE length, caches) and the host.
     Targets(targets::Args),
 }
@@ -91,6 +96,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Compile(a) => compile::main(a),
         Command::Run(a) => run::main(a),
         Command::Bench(a) => bench::main(a),
+        Command::Profile(a) => profile::main(a),
         Command::Targets(a) => targets::main(a),
     }
 }

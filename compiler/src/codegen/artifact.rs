@@ -31,7 +31,7 @@ pub fn compile(g: &Graph, target: &Target, name: &str, dumps: &mut Dumps) -> Res
     )
     .map_err(|e| Error::Internal(format!("object builder: {e}")))?;
     let mut module = ObjectModule::new(builder);
-    let (iface, _) = lower_graph(g, &mut module, target, name, dumps)?;
+    let (iface, _) = lower_graph(g, &mut module, target, name, dumps, false)?;
     let object = module
         .finish()
         .emit()

@@ -1,6 +1,11 @@
 //! The exported entry points: `N_run`, which checks its arguments and calls
 //! every kernel in order (through the caller's thread pool when there is
 //! one), and `N_workspace_size`.
+//!
+//! Profiled builds also define a local `N_ticks` (the cycle counter: x86-64
+//! `rdtsc`, aarch64 `mrs cntvct_el0`, as machine code since CLIF has no such
+//! instruction) and store its value into the workspace before every step and
+//! after the last one; no syscall, and the ABI is unchanged.
 
 use cranelift_codegen::Context;
 use cranelift_codegen::ir::types::{I32, I64};
@@ -28,6 +33,8 @@ const POOL_PARALLEL_FOR: i32 = 16;
 pub struct Entry {
     pub run: FuncId,
     pub workspace: FuncId,
+    /// Data objects of at least a huge page (see `Lower::large_data`).
+    pub large_data: Vec<cranelift_module::DataId>,
 }
 
 pub fn emit(
@@ -36,9 +43,14 @@ pub fn emit(
     num_inputs: usize,
     num_outputs: usize,
     workspace_bytes: usize,
+    profile_offset: Option<usize>,
 ) -> Result<Entry> {
     let cc = lw.cc;
     let err = |what: &str, e: String| Error::Internal(format!("{what}: {e}"));
+    let ticks = match profile_offset {
+        Some(_) => Some(ticks_function(lw, name)?),
+        None => None,
+    };
     let mut sig = Signature::new(cc);
     for _ in 0..4 {
         sig.params.push(AbiParam::new(I64));
@@ -104,8 +116,17 @@ pub fn emit(
         let pf_sig = b.import_signature(pf_sig);
         let has_pool = b.ins().icmp_imm_s(IntCC::NotEqual, pool, 0);
 
+        let ticks = ticks.map(|f| lw.module.declare_func_in_func(f, b.func));
+        let stamp = |b: &mut FunctionBuilder, i: usize| {
+            if let (Some(f), Some(off)) = (ticks, profile_offset) {
+                let call = b.ins().call(f, &[]);
+                let t = b.inst_results(call)[0];
+                b.ins().store(mem(), t, ws, (off + i * 8) as i32);
+            }
+        };
         let steps = std::mem::take(&mut lw.steps);
-        for step in &steps {
+        for (i, step) in steps.iter().enumerate() {
+            stamp(&mut b, i);
             for (j, buf) in step.bufs.iter().enumerate() {
                 let ptr = match *buf {
                     Buf::Input(i) => b.ins().load(I64, mem(), inputs, (i * 8) as i32),
@@ -148,6 +169,7 @@ pub fn emit(
                 fail(&mut b, c, RC_DATA);
             }
         }
+        stamp(&mut b, steps.len());
         let _ = task_sig;
         let z = b.ins().iconst(I32, 0);
         b.ins().return_(&[z]);
@@ -179,5 +201,32 @@ pub fn emit(
     lw.module
         .define_function(workspace, &mut ctx)
         .map_err(|e| err(&ws_name, format!("{e:?}")))?;
-    Ok(Entry { run, workspace })
+    Ok(Entry {
+        run,
+        workspace,
+        large_data: std::mem::take(&mut lw.large_data),
+    })
+}
+
+/// Defines `{name}_ticks() -> u64`, the cycle counter, as machine code.
+fn ticks_function(lw: &mut Lower, name: &str) -> Result<FuncId> {
+    use target_lexicon::Architecture;
+    let code: &[u8] = match lw.module.isa().triple().architecture {
+        // rdtsc; shl rdx, 32; or rax, rdx; ret
+        Architecture::X86_64 => &[0x0f, 0x31, 0x48, 0xc1, 0xe2, 0x20, 0x48, 0x09, 0xd0, 0xc3],
+        // mrs x0, cntvct_el0; ret
+        Architecture::Aarch64(_) => &[0x40, 0xe0, 0x3b, 0xd5, 0xc0, 0x03, 0x5f, 0xd6],
+        a => bail!(Unsupported, "profiling is not available on {a}"),
+    };
+    let mut sig = Signature::new(lw.cc);
+    sig.returns.push(AbiParam::new(I64));
+    let f_name = format!("{name}_ticks");
+    let id = lw
+        .module
+        .declare_function(&f_name, Linkage::Local, &sig)
+        .map_err(|e| Error::Internal(format!("{f_name}: {e}")))?;
+    lw.module
+        .define_function_bytes(id, 16, code, &[])
+        .map_err(|e| Error::Internal(format!("{f_name}: {e}")))?;
+    Ok(id)
 }

@@ -1,8 +1,9 @@
 //! In-process compilation for the host: the same lowering as objects, into
-//! a `JITModule`, called through the artifact ABI.
+//! a `JITModule`, called through the artifact ABI. A [`Session`] holds one
+//! set of preallocated input, output and workspace buffers, so its runs
+//! allocate nothing; `JitModel::run` is the convenient allocating form.
 
-use std::alloc::{Layout, alloc_zeroed, dealloc};
-
+use cpucc_runtime::Arena;
 use cranelift_jit::{JITBuilder, JITModule};
 
 use super::{Dumps, Interface, Target, isa, lower_graph};
@@ -19,15 +20,37 @@ pub struct JitModel {
     pub iface: Interface,
 }
 
+// SAFETY: after finalization the module is only kept to free its memory on
+// drop; `&self` methods only call the finished code, which keeps no state
+// (every run brings its own workspace), so calls from several threads are
+// safe.
+unsafe impl Send for JitModel {}
+unsafe impl Sync for JitModel {}
+
 impl JitModel {
     pub fn compile(g: &Graph, target: &Target, dumps: &mut Dumps) -> Result<JitModel> {
+        JitModel::build(g, target, dumps, false)
+    }
+
+    /// Compiles with per-step tick counts (see `Interface::profile_offset`
+    /// and [`Session::step_ticks`]).
+    pub fn compile_profiled(g: &Graph, target: &Target) -> Result<JitModel> {
+        JitModel::build(g, target, &mut Dumps::default(), true)
+    }
+
+    fn build(g: &Graph, target: &Target, dumps: &mut Dumps, profile: bool) -> Result<JitModel> {
         let isa = isa::build(target, false)?;
         let builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
         let mut module = JITModule::new(builder);
-        let (iface, ent) = lower_graph(g, &mut module, target, "model", dumps)?;
+        let (iface, ent) = lower_graph(g, &mut module, target, "model", dumps, profile)?;
         module
             .finalize_definitions()
             .map_err(|e| Error::Internal(format!("JIT finalize: {e}")))?;
+        for &d in &ent.large_data {
+            let (ptr, len) = module.get_finalized_data(d);
+            // Only a hint: without THP the weights stay on small pages.
+            cpucc_runtime::advise_huge_pages(ptr, len);
+        }
         let ptr = module.get_finalized_function(ent.run);
         // SAFETY: `ent.run` was defined with exactly the `RunFn` signature
         // in the host's default calling convention.
@@ -39,6 +62,34 @@ impl JitModel {
         })
     }
 
+    /// Buffers for runs of this model (inputs zeroed until set).
+    pub fn session(&self) -> Result<Session<'_>> {
+        let arena = |bytes: usize| {
+            Arena::new(bytes).map_err(|e| Error::Internal(format!("allocating {bytes} bytes: {e}")))
+        };
+        let inputs = self
+            .iface
+            .inputs
+            .iter()
+            .map(|(_, ty)| arena(ty.numel() * ty.dtype.size_bytes()))
+            .collect::<Result<Vec<_>>>()?;
+        let outputs = self
+            .iface
+            .outputs
+            .iter()
+            .map(|(_, ty)| arena(ty.numel() * ty.dtype.size_bytes()))
+            .collect::<Result<Vec<_>>>()?;
+        let workspace = arena(self.iface.workspace_bytes)?;
+        Ok(Session {
+            in_ptrs: inputs.iter().map(|a| a.as_ptr().cast_const()).collect(),
+            out_ptrs: outputs.iter().map(Arena::as_ptr).collect(),
+            model: self,
+            inputs,
+            outputs,
+            workspace,
+        })
+    }
+
     /// Runs on the calling thread (`pool` null) or through a
     /// `cpucc_pool`.
     ///
@@ -46,61 +97,11 @@ impl JitModel {
     /// `pool` must be null or point to a `cpucc_pool` whose `parallel_for`
     /// honours the ABI for the whole call.
     pub unsafe fn run_with(&self, inputs: &[Tensor], pool: *const u8) -> Result<Vec<Tensor>> {
-        if inputs.len() != self.iface.inputs.len() {
-            bail!(
-                Invalid,
-                "model takes {} inputs, got {}",
-                self.iface.inputs.len(),
-                inputs.len()
-            );
-        }
-        let in_bytes: Vec<Vec<u8>> = inputs.iter().map(|t| t.to_le_bytes()).collect();
-        for ((name, ty), t) in self.iface.inputs.iter().zip(inputs) {
-            if t.dtype() != ty.dtype || t.shape() != ty.shape.as_slice() {
-                bail!(
-                    Invalid,
-                    "input '{name}' is {}{:?}, the model takes {ty}",
-                    t.dtype(),
-                    t.shape()
-                );
-            }
-        }
-        let mut out_bufs: Vec<AlignedBuf> = self
-            .iface
-            .outputs
-            .iter()
-            .map(|(_, ty)| AlignedBuf::new(ty.numel() * ty.dtype.size_bytes()))
-            .collect();
-        let ws = AlignedBuf::new(self.iface.workspace_bytes);
-        let in_ptrs: Vec<*const u8> = in_bytes
-            .iter()
-            .map(|b| {
-                if b.is_empty() {
-                    ws.ptr as *const u8
-                } else {
-                    b.as_ptr()
-                }
-            })
-            .collect();
-        let out_ptrs: Vec<*mut u8> = out_bufs.iter_mut().map(|b| b.ptr).collect();
-        // SAFETY: every pointer covers its tensor's bytes (the interface's
-        // types were checked above), the workspace has the size the code
-        // was planned for, and the code is alive while `self` is.
-        let rc = unsafe { (self.run)(in_ptrs.as_ptr(), out_ptrs.as_ptr(), ws.ptr, pool) };
-        match rc {
-            0 => {}
-            super::RC_DATA_I32 => bail!(
-                Invalid,
-                "run failed: a run-time input was out of range (an index, or a Dropout ratio/training_mode the compiled code cannot handle)"
-            ),
-            rc => bail!(Internal, "compiled model returned {rc}"),
-        }
-        self.iface
-            .outputs
-            .iter()
-            .zip(&out_bufs)
-            .map(|((_, ty), b)| Tensor::from_le_bytes(ty.dtype, &ty.shape, b.bytes()))
-            .collect()
+        let mut s = self.session()?;
+        s.set_inputs(inputs)?;
+        // SAFETY: the caller's contract.
+        unsafe { s.run(pool)? };
+        s.outputs()
     }
 
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
@@ -112,37 +113,105 @@ impl JitModel {
 impl Drop for JitModel {
     fn drop(&mut self) {
         if let Some(m) = self.module.take() {
-            // SAFETY: no code of this module runs after `self` is dropped.
+            // SAFETY: no code of this module runs after `self` is dropped
+            // (sessions borrow it).
             unsafe { m.free_memory() };
         }
     }
 }
 
-/// Zeroed 64-byte-aligned bytes (workspace and outputs).
-struct AlignedBuf {
-    ptr: *mut u8,
-    len: usize,
+/// Preallocated buffers for runs of one model: 64-byte aligned, the
+/// workspace on transparent huge pages when large (`cpucc_runtime::Arena`).
+pub struct Session<'m> {
+    model: &'m JitModel,
+    inputs: Vec<Arena>,
+    outputs: Vec<Arena>,
+    workspace: Arena,
+    in_ptrs: Vec<*const u8>,
+    out_ptrs: Vec<*mut u8>,
 }
 
-impl AlignedBuf {
-    fn new(len: usize) -> AlignedBuf {
-        let layout = Layout::from_size_align(len.max(64), 64).expect("valid layout");
-        // SAFETY: the layout has non-zero size.
-        let ptr = unsafe { alloc_zeroed(layout) };
-        assert!(!ptr.is_null(), "out of memory allocating {len} bytes");
-        AlignedBuf { ptr, len }
+// SAFETY: the pointers point into the session's own arenas.
+unsafe impl Send for Session<'_> {}
+
+impl Session<'_> {
+    /// Copies `inputs` (checked against the interface) into the buffers.
+    pub fn set_inputs(&mut self, inputs: &[Tensor]) -> Result<()> {
+        let iface = &self.model.iface;
+        if inputs.len() != iface.inputs.len() {
+            bail!(
+                Invalid,
+                "model takes {} inputs, got {}",
+                iface.inputs.len(),
+                inputs.len()
+            );
+        }
+        for (((name, ty), t), buf) in iface.inputs.iter().zip(inputs).zip(&mut self.inputs) {
+            if t.dtype() != ty.dtype || t.shape() != ty.shape.as_slice() {
+                bail!(
+                    Invalid,
+                    "input '{name}' is {}{:?}, the model takes {ty}",
+                    t.dtype(),
+                    t.shape()
+                );
+            }
+            buf.as_mut_slice().copy_from_slice(&t.to_le_bytes());
+        }
+        Ok(())
     }
 
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `ptr` owns `len` initialized (zeroed or written) bytes.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    /// One run on the buffers; allocates nothing (except an error message).
+    ///
+    /// # Safety
+    /// As [`JitModel::run_with`].
+    pub unsafe fn run(&mut self, pool: *const u8) -> Result<()> {
+        // SAFETY: every pointer covers its tensor's bytes (the buffers were
+        // sized from the interface), the workspace has the size the code
+        // was planned for, and the code lives as long as the model.
+        let rc = unsafe {
+            (self.model.run)(
+                self.in_ptrs.as_ptr(),
+                self.out_ptrs.as_ptr(),
+                self.workspace.as_ptr(),
+                pool,
+            )
+        };
+        match rc {
+            0 => Ok(()),
+            super::RC_DATA_I32 => bail!(
+                Invalid,
+                "run failed: a run-time input was out of range (an index, or a Dropout ratio/training_mode the compiled code cannot handle)"
+            ),
+            rc => bail!(Internal, "compiled model returned {rc}"),
+        }
     }
-}
 
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        let layout = Layout::from_size_align(self.len.max(64), 64).expect("valid layout");
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { dealloc(self.ptr, layout) };
+    /// The outputs of the last run.
+    pub fn outputs(&self) -> Result<Vec<Tensor>> {
+        self.model
+            .iface
+            .outputs
+            .iter()
+            .zip(&self.outputs)
+            .map(|((_, ty), b)| Tensor::from_le_bytes(ty.dtype, &ty.shape, b.as_slice()))
+            .collect()
+    }
+
+    pub fn workspace_mut(&mut self) -> &mut Arena {
+        &mut self.workspace
+    }
+
+    /// Profiled models: the tick counts of the last run, one before each
+    /// step and one after the last (`iface.steps.len() + 1` values).
+    pub fn step_ticks(&self) -> Option<Vec<u64>> {
+        let off = self.model.iface.profile_offset?;
+        let n = self.model.iface.steps.len() + 1;
+        let bytes = self.workspace.as_slice().get(off..off + n * 8)?;
+        Some(
+            bytes
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+        )
     }
 }

@@ -31,6 +31,20 @@ pub struct Step {
     /// Whether the kernel may set the workspace's status word (e.g. an index
     /// out of range), so the entry function checks it afterwards.
     pub checks: bool,
+    /// Index into `Lower::sources`: the graph node this step computes.
+    pub source: usize,
+}
+
+/// The graph node a group of steps comes from, for profiles.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Source {
+    /// The node's name (or a description for steps of no node).
+    pub node: String,
+    pub op: String,
+    /// Names of the source nodes fused into it.
+    pub fused: Vec<String>,
+    /// Multiply-accumulates of one run (`ir::stats`).
+    pub macs: u64,
 }
 
 /// A tensor operand of a node: where it lives and its type.
@@ -59,6 +73,11 @@ pub struct Lower<'m> {
     pub asm: Option<Vec<(String, String)>>,
     /// The node being lowered, for kernel names.
     pub node_tag: String,
+    /// Nodes the steps come from; the last one is current.
+    pub sources: Vec<Source>,
+    /// Read-only data objects of at least a huge page (weights), which the
+    /// JIT advises for transparent huge pages.
+    pub large_data: Vec<DataId>,
 }
 
 /// Workspace bytes reserved for the status word kernels set on run-time
@@ -83,6 +102,8 @@ impl<'m> Lower<'m> {
             clif: None,
             asm: None,
             node_tag: String::new(),
+            sources: Vec::new(),
+            large_data: Vec::new(),
         }
     }
 
@@ -137,6 +158,7 @@ impl<'m> Lower<'m> {
             bufs,
             items: items.max(1),
             checks,
+            source: self.sources.len().saturating_sub(1),
         });
         Ok(())
     }
@@ -156,6 +178,9 @@ impl<'m> Lower<'m> {
         } else {
             bytes
         };
+        if bytes.len() >= cpucc_runtime::HUGE_PAGE {
+            self.large_data.push(id);
+        }
         d.define(bytes.into_boxed_slice());
         d.set_align(64);
         self.module
@@ -176,7 +201,9 @@ impl<'m> Lower<'m> {
         Buf::Work(self.scratch_base + off)
     }
 
-    pub fn begin_node(&mut self, tag: &str) {
+    /// Starts a node: its steps are attributed to `source`.
+    pub fn begin_node(&mut self, tag: &str, source: Source) {
+        self.sources.push(source);
         self.scratch_top = 0;
         self.node_tag = tag
             .chars()

@@ -24,6 +24,7 @@ use crate::passes::plan::{self, Slot};
 pub use entry::{RC_DATA, RC_NO_WORKSPACE, RC_NULL_BUFFER};
 const RC_DATA_I32: i32 = RC_DATA as i32;
 use kernels::NodeCx;
+pub use lower::Source;
 use lower::{Buf, Lower, Operand, STATUS_BYTES};
 
 /// Inspection output requested with `--emit clif` / `--emit asm`.
@@ -40,16 +41,25 @@ pub struct Interface {
     pub inputs: Vec<(String, ValueType)>,
     pub outputs: Vec<(String, ValueType)>,
     pub workspace_bytes: usize,
+    /// The node each step of `N_run` computes, in run order.
+    pub steps: Vec<usize>,
+    /// The nodes behind the steps.
+    pub sources: Vec<Source>,
+    /// With profiling: workspace offset of `steps.len() + 1` tick counts,
+    /// read before each step and after the last.
+    pub profile_offset: Option<usize>,
 }
 
 /// Lowers `g` into `module`, defining `{name}_run` and
-/// `{name}_workspace_size`.
+/// `{name}_workspace_size`; with `profile`, `{name}_run` also records tick
+/// counts around its steps (see `Interface::profile_offset`).
 pub fn lower_graph(
     g: &Graph,
     module: &mut dyn Module,
     target: &Target,
     name: &str,
     dumps: &mut Dumps,
+    profile: bool,
 ) -> Result<(Interface, entry::Entry)> {
     let plan = plan::plan(g)?;
     let fma = isa::has_fma(target);
@@ -95,7 +105,15 @@ pub fn lower_graph(
         if views_only {
             continue;
         }
-        lw.begin_node(&node.op);
+        lw.begin_node(
+            &node.op,
+            Source {
+                node: node.name.clone(),
+                op: node.op.clone(),
+                fused: node.fused.clone(),
+                macs: crate::ir::node_macs(g, node),
+            },
+        );
         if node
             .inputs
             .iter()
@@ -144,7 +162,15 @@ pub fn lower_graph(
     for (i, &v) in g.outputs.iter().enumerate() {
         let src = resolve(&mut lw, v)?;
         if src != Buf::Output(i) {
-            lw.begin_node("output");
+            lw.begin_node(
+                "output",
+                Source {
+                    node: format!("output {}", g.value(v).name),
+                    op: "copy".to_string(),
+                    fused: Vec::new(),
+                    macs: 0,
+                },
+            );
             let ty = g.value(v).ty.clone();
             kernels::copy(
                 &mut lw,
@@ -160,17 +186,24 @@ pub fn lower_graph(
         }
     }
 
-    let workspace_bytes = if lw.steps.is_empty() {
+    let mut workspace_bytes = if lw.steps.is_empty() {
         0
     } else {
         lw.scratch_base + lw.scratch_max
     };
+    let profile_offset = profile.then(|| {
+        let off = workspace_bytes.max(STATUS_BYTES).div_ceil(64) * 64;
+        workspace_bytes = off + (lw.steps.len() + 1) * 8;
+        off
+    });
+    let steps = lw.steps.iter().map(|s| s.source).collect();
     let ent = entry::emit(
         &mut lw,
         name,
         g.inputs.len(),
         g.outputs.len(),
         workspace_bytes,
+        profile_offset,
     )?;
     dumps.clif = lw.clif.take();
     dumps.asm = lw.asm.take();
@@ -187,6 +220,9 @@ pub fn lower_graph(
             .map(|&v| (g.value(v).name.clone(), g.value(v).ty.clone()))
             .collect(),
         workspace_bytes,
+        steps,
+        sources: std::mem::take(&mut lw.sources),
+        profile_offset,
     };
     Ok((iface, ent))
 }

@@ -12,5 +12,5 @@ pub use attr::{Attr, Attrs};
 pub use dtype::DType;
 pub use graph::{Graph, Layout, Node, Value, ValueId, ValueType};
 pub use printer::print;
-pub use stats::{Stats, stats};
+pub use stats::{Stats, node_macs, stats};
 pub use tensor::{Elem, Tensor};

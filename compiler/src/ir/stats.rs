@@ -23,8 +23,9 @@ pub fn stats(g: &Graph) -> Stats {
     Stats { ops, params, macs }
 }
 
-/// MACs of one node; 0 for ops that do no multiply-accumulate work.
-fn node_macs(g: &Graph, node: &Node) -> u64 {
+/// MACs of one node; 0 for ops that do no multiply-accumulate work. Fused
+/// Conv/Gemm/MatMul count their base op (the epilogue is not MACs).
+pub fn node_macs(g: &Graph, node: &Node) -> u64 {
     let ty = |i: usize| {
         node.inputs
             .get(i)
@@ -33,7 +34,8 @@ fn node_macs(g: &Graph, node: &Node) -> u64 {
             .map(|v| &g.value(v).ty)
     };
     let out = g.value(node.outputs[0]).ty.numel() as u64;
-    match node.op.as_str() {
+    let op = node.op.strip_prefix("cpucc.Fused").unwrap_or(&node.op);
+    match op {
         // Each output element sums C_in/group * prod(kernel) products.
         "Conv" => ty(1).map_or(0, |w| {
             out * w.shape.iter().skip(1).product::<usize>() as u64
@@ -47,7 +49,7 @@ fn node_macs(g: &Graph, node: &Node) -> u64 {
         },
         "MatMul" | "Gemm" => {
             let a = ty(0).map(|a| a.shape.clone()).unwrap_or_default();
-            let k = match (node.op.as_str(), a.len()) {
+            let k = match (op, a.len()) {
                 ("Gemm", 2) if node.attrs.int("transA", 0).unwrap_or(0) != 0 => a[0],
                 (_, 0) => 1,
                 (_, r) => a[r - 1],
