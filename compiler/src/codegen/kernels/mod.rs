@@ -23,6 +23,7 @@ mod reduce;
 mod resize;
 mod softmax;
 mod topk;
+mod zgemm;
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
