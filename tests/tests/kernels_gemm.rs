@@ -4,7 +4,8 @@
 //! fused forms on shapes that are not multiples of the 14x32 tile or the
 //! depth block (1, odd, just past a block), constant and run-time B,
 //! batches with broadcasting, bias of every shape, residual, activations
-//! done in registers and after the store.
+//! done in registers and after the store; channels-last convolutions
+//! lowered as one GEMM over the weights.
 
 use cpucc::codegen::jit::JitModel;
 use cpucc::codegen::{Dumps, Target};
@@ -204,6 +205,67 @@ fn fused_conv_shapes_groups_and_residual() {
             ("group", Attr::Int(grp as i64)),
         ];
         for a in [None, Some("Relu"), Some("HardSwish")] {
+            let mut attrs = geo.to_vec();
+            if let Some(a) = a {
+                attrs.push(act(a));
+            }
+            check(
+                "cpucc.FusedConv",
+                13,
+                &attrs,
+                vec![
+                    In(x.clone()),
+                    Const(wt.clone()),
+                    Const(b.clone()),
+                    In(res.clone()),
+                ],
+            );
+        }
+        check("Conv", 13, &geo, vec![In(x), Const(wt)]);
+    }
+}
+
+#[test]
+fn channels_last_conv_as_gemm() {
+    let mut rng = SplitMix64::new(6);
+    // (N, C, H, W, O, kernel, stride, pads, dilation, group)
+    let cases: [(
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        [i64; 4],
+        i64,
+        i64,
+    ); 8] = [
+        (2, 16, 5, 7, 33, 1, 1, [0; 4], 1, 1),
+        (1, 8, 9, 9, 20, 1, 2, [0; 4], 1, 1),
+        (1, 3, 11, 10, 17, 3, 1, [1; 4], 1, 1),
+        (2, 5, 12, 9, 40, 3, 2, [1; 4], 1, 1),
+        (1, 3, 15, 15, 8, 7, 2, [3; 4], 1, 1),
+        (1, 4, 9, 9, 6, 3, 1, [2; 4], 2, 1),
+        (1, 6, 8, 7, 5, 3, 1, [1, 0, 0, 1], 1, 1),
+        (1, 8, 6, 6, 8, 3, 1, [1; 4], 1, 2),
+    ];
+    for (n, c, h, w, o, k, s, pads, d, grp) in cases {
+        let x = data(&mut rng, &[n, h, w, c]);
+        let wt = data(&mut rng, &[o, c / grp as usize, k, k]);
+        let b = data(&mut rng, &[o]);
+        let ek = (k as i64 - 1) * d + 1;
+        let oh = ((h as i64 + pads[0] + pads[2] - ek) / s as i64 + 1) as usize;
+        let ow = ((w as i64 + pads[1] + pads[3] - ek) / s as i64 + 1) as usize;
+        let res = data(&mut rng, &[n, oh, ow, o]);
+        let geo = [
+            ("strides", Attr::Ints(vec![s as i64; 2])),
+            ("pads", Attr::Ints(pads.to_vec())),
+            ("dilations", Attr::Ints(vec![d; 2])),
+            ("group", Attr::Int(grp)),
+            ("layout", Attr::String("NHWC".into())),
+        ];
+        for a in [None, Some("Relu"), Some("Tanh")] {
             let mut attrs = geo.to_vec();
             if let Some(a) = a {
                 attrs.push(act(a));

@@ -180,7 +180,7 @@ fn matmul(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
 }
 
 /// An operand broadcast to [m, n] (trailing two dims; 0 strides where 1).
-fn bias_mat(o: &Operand) -> Mat {
+pub fn bias_mat(o: &Operand) -> Mat {
     let s = &o.ty.shape;
     let cn = s.last().copied().unwrap_or(1);
     let cm = if s.len() >= 2 { s[s.len() - 2] } else { 1 };
@@ -363,8 +363,13 @@ fn conv_geom(cx: &NodeCx) -> Result<ConvGeom> {
     let x = &cx.input(0)?.ty.shape;
     let w = &cx.input(1)?.ty.shape;
     let y = &cx.out(0).ty.shape;
+    conv_geom_of(cx.attrs(), x, w, y)
+}
+
+/// The geometry of a convolution with NCHW-ordered input shape `x`,
+/// weights `w` and output `y`.
+pub fn conv_geom_of(a: &Attrs, x: &[usize], w: &[usize], y: &[usize]) -> Result<ConvGeom> {
     let sp = x.len() - 2;
-    let a = cx.attrs();
     let ints = |name: &str, d: i64| -> Result<Vec<usize>> {
         let v = a
             .ints_opt(name)?

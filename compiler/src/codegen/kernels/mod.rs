@@ -3,6 +3,7 @@
 
 mod attention;
 mod chain;
+mod conv_nhwc;
 mod conv_transpose;
 mod det;
 mod einsum;
@@ -101,6 +102,9 @@ pub fn lower(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     let Some(&f) = TABLE.0.get(cx.node.op.as_str()) else {
         bail!(Unsupported, "no native kernel for {} yet", cx.node.op);
     };
+    if conv_nhwc::applies(cx) {
+        return conv_nhwc::lower(lw, cx);
+    }
     if nhwc::wraps(cx) && !NATIVE_NHWC.contains(&cx.node.op.as_str()) {
         return nhwc::adapt(lw, cx, f);
     }
