@@ -67,14 +67,17 @@ fn check(op: &str, opset: i64, attrs: &[(&str, Attr)], args: Vec<Arg>) {
     for t in targets() {
         let m = JitModel::compile(&g, &t, &mut Dumps::default())
             .unwrap_or_else(|e| panic!("{op} on {}: {e}", t.name));
-        let got = m.run(&ins).unwrap().remove(0).to_f64_vec();
-        assert_eq!(got.len(), want.len());
-        for (k, (w, h)) in want.iter().zip(&got).enumerate() {
-            assert!(
-                (w - h).abs() <= 1e-4 * scale,
-                "{op} {attrs:?} on {}: element {k}: {h} != {w}",
-                t.name
-            );
+        // Twice: the second run reuses the first one's workspace.
+        for run in 0..2 {
+            let got = m.run(&ins).unwrap().remove(0).to_f64_vec();
+            assert_eq!(got.len(), want.len());
+            for (k, (w, h)) in want.iter().zip(&got).enumerate() {
+                assert!(
+                    (w - h).abs() <= 1e-4 * scale,
+                    "{op} {attrs:?} on {} (run {run}): element {k}: {h} != {w}",
+                    t.name
+                );
+            }
         }
     }
 }
@@ -225,22 +228,25 @@ fn fused_conv_shapes_groups_and_residual() {
     }
 }
 
+/// (N, C, H, W, O, kernel, stride, pads, dilation, group)
+type NhwcCase = (
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    [i64; 4],
+    i64,
+    i64,
+);
+
 #[test]
 fn channels_last_conv_as_gemm() {
     let mut rng = SplitMix64::new(6);
     // (N, C, H, W, O, kernel, stride, pads, dilation, group)
-    let cases: [(
-        usize,
-        usize,
-        usize,
-        usize,
-        usize,
-        usize,
-        usize,
-        [i64; 4],
-        i64,
-        i64,
-    ); 8] = [
+    let cases: [NhwcCase; 8] = [
         (2, 16, 5, 7, 33, 1, 1, [0; 4], 1, 1),
         (1, 8, 9, 9, 20, 1, 2, [0; 4], 1, 1),
         (1, 3, 11, 10, 17, 3, 1, [1; 4], 1, 1),

@@ -2,6 +2,7 @@
 //! a `JITModule`, called through the artifact ABI.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::sync::Mutex;
 
 use cranelift_jit::{JITBuilder, JITModule};
 
@@ -17,6 +18,10 @@ pub struct JitModel {
     module: Option<JITModule>,
     run: RunFn,
     pub iface: Interface,
+    /// The workspace of the last run, reused by the next one that finds it
+    /// free (concurrent runs allocate their own): allocating and zeroing a
+    /// large workspace per call costs page faults on every run.
+    spare: Mutex<Option<AlignedBuf>>,
 }
 
 impl JitModel {
@@ -36,6 +41,7 @@ impl JitModel {
             module: Some(module),
             run,
             iface,
+            spare: Mutex::new(None),
         })
     }
 
@@ -71,7 +77,15 @@ impl JitModel {
             .iter()
             .map(|(_, ty)| AlignedBuf::new(ty.numel() * ty.dtype.size_bytes()))
             .collect();
-        let ws = AlignedBuf::new(self.iface.workspace_bytes);
+        let ws = match self.spare.try_lock().ok().and_then(|mut s| s.take()) {
+            Some(ws) => {
+                // A fresh status word, as in a zeroed workspace.
+                // SAFETY: every workspace has at least 64 bytes.
+                unsafe { std::ptr::write_bytes(ws.ptr, 0, 64) };
+                ws
+            }
+            None => AlignedBuf::new(self.iface.workspace_bytes),
+        };
         let in_ptrs: Vec<*const u8> = in_bytes
             .iter()
             .map(|b| {
@@ -91,6 +105,9 @@ impl JitModel {
             0 => {}
             super::RC_DATA_I32 => bail!(Invalid, "run failed: an index input is out of range"),
             rc => bail!(Internal, "compiled model returned {rc}"),
+        }
+        if let Ok(mut s) = self.spare.try_lock() {
+            *s = Some(ws);
         }
         self.iface
             .outputs
@@ -120,6 +137,10 @@ struct AlignedBuf {
     ptr: *mut u8,
     len: usize,
 }
+
+// SAFETY: the buffer is plain owned memory; `JitModel` hands it to one run
+// at a time (taken out of the mutex).
+unsafe impl Send for AlignedBuf {}
 
 impl AlignedBuf {
     fn new(len: usize) -> AlignedBuf {
