@@ -1,10 +1,12 @@
-//! Project tasks: `cargo xtask ci | conformance | models | check-ort`.
+//! Project tasks: `cargo xtask ci | conformance | models | check-ort | bench`.
 
+mod bench;
 mod check_ort;
 mod ci;
 mod conformance;
 mod examples;
 mod models;
+mod peak;
 mod venv;
 
 use clap::Parser;
@@ -25,6 +27,9 @@ enum Task {
     Models(models::Args),
     /// Compare `cpucc run` with onnxruntime on every test model.
     CheckOrt(check_ort::Args),
+    /// Time cpucc against onnxruntime (and OpenVINO) at 1 and 2 threads
+    /// beside the measured FMA peak; never fails on speed.
+    Bench(bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         Task::Examples => examples::main(),
         Task::Models(a) => models::main(a),
         Task::CheckOrt(a) => check_ort::main(a),
+        Task::Bench(a) => bench::main(a),
     }
 }

@@ -77,6 +77,11 @@ pub fn build(target: &Target, pic: bool) -> Result<OwnedTargetIsa> {
 
 /// Whether the target fuses multiply-add in hardware; without it Cranelift
 /// would lower `fma` to a libm call, so kernels use mul + add instead.
+/// Whether GEMMs may use the AVX-512 machine-code microkernels.
+pub fn has_avx512(target: &Target) -> bool {
+    matches!(target.triple.architecture, Architecture::X86_64) && target.has("avx512f")
+}
+
 pub fn has_fma(target: &Target) -> bool {
     match target.triple.architecture {
         Architecture::Aarch64(_) => true,

@@ -3,7 +3,7 @@
 //! data objects, and per-node scratch space in the workspace.
 
 use cranelift_codegen::Context;
-use cranelift_codegen::ir::{Function, UserFuncName};
+use cranelift_codegen::ir::{FuncRef, Function, Signature, UserFuncName};
 use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::FunctionBuilderContext;
 use cranelift_module::{DataDescription, DataId, FuncId, Linkage, Module};
@@ -58,6 +58,10 @@ pub struct Lower<'m> {
     pub module: &'m mut dyn Module,
     pub cc: CallConv,
     pub fma: bool,
+    /// The target has AVX-512F: GEMMs use the machine-code microkernels.
+    pub avx512: bool,
+    /// L1 data cache bytes per core (GEMM depth blocking).
+    pub l1d: usize,
     pub steps: Vec<Step>,
     prefix: String,
     fctx: FunctionBuilderContext,
@@ -91,6 +95,8 @@ impl<'m> Lower<'m> {
             module,
             cc,
             fma,
+            avx512: false,
+            l1d: 32 << 10,
             steps: Vec::new(),
             prefix: prefix.to_string(),
             fctx: FunctionBuilderContext::new(),
@@ -125,6 +131,34 @@ impl<'m> Lower<'m> {
         checks: bool,
         body: impl FnOnce(&mut Kb),
     ) -> Result<()> {
+        self.kernel_calling(bufs, items, checks, &[], |kb, _| body(kb))
+    }
+
+    /// Defines a function from machine code (no relocations) and returns
+    /// its id, for kernels to call (`kernel_calling`).
+    pub fn machine_code(&mut self, sig: &Signature, bytes: &[u8]) -> Result<FuncId> {
+        let name = format!("{}_mc{}_{}", self.prefix, self.counter, self.node_tag);
+        self.counter += 1;
+        let func = self
+            .module
+            .declare_function(&name, Linkage::Local, sig)
+            .map_err(|e| Error::Internal(format!("declare {name}: {e}")))?;
+        self.module
+            .define_function_bytes(func, 64, bytes, &[])
+            .map_err(|e| Error::Internal(format!("define {name}: {e:?}")))?;
+        Ok(func)
+    }
+
+    /// A kernel whose body may call `callees` (through the `FuncRef`s it is
+    /// handed, in the same order).
+    pub fn kernel_calling(
+        &mut self,
+        bufs: Vec<Buf>,
+        items: usize,
+        checks: bool,
+        callees: &[FuncId],
+        body: impl FnOnce(&mut Kb, &[FuncRef]),
+    ) -> Result<()> {
         let name = format!("{}_k{}_{}", self.prefix, self.counter, self.node_tag);
         self.counter += 1;
         let sig = task_signature(self.cc);
@@ -133,9 +167,13 @@ impl<'m> Lower<'m> {
             .declare_function(&name, Linkage::Local, &sig)
             .map_err(|e| Error::Internal(format!("declare {name}: {e}")))?;
         self.ctx.func = Function::with_name_signature(UserFuncName::user(0, func.as_u32()), sig);
+        let refs: Vec<FuncRef> = callees
+            .iter()
+            .map(|&f| self.module.declare_func_in_func(f, &mut self.ctx.func))
+            .collect();
         let frontend = self.module.isa().frontend_config();
         let mut kb = Kb::new(&mut self.ctx.func, &mut self.fctx, self.fma, frontend);
-        body(&mut kb);
+        body(&mut kb, &refs);
         kb.finish();
         if let Some(c) = &mut self.clif {
             c.push((name.clone(), self.ctx.func.display().to_string()));

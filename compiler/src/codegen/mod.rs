@@ -64,6 +64,8 @@ pub fn lower_graph(
     let plan = plan::plan(g)?;
     let fma = isa::has_fma(target);
     let mut lw = Lower::new(module, name, fma);
+    lw.avx512 = isa::has_avx512(target);
+    lw.l1d = target.caches.l1d;
     lw.clif = dumps.clif.take();
     lw.asm = dumps.asm.take();
     lw.scratch_base = STATUS_BYTES + plan.arena_bytes.div_ceil(64) * 64;

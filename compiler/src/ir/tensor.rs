@@ -345,23 +345,32 @@ impl Tensor {
 
     /// Dense little-endian element bytes in row-major order.
     pub fn to_le_bytes(&self) -> Vec<u8> {
-        fn bytes<T: Elem>(a: &ndarray::ArrayD<T>, f: impl Fn(T) -> Vec<u8>) -> Vec<u8> {
-            a.iter().flat_map(|&x| f(x)).collect()
+        // Fixed-size element bytes: no allocation per element (this runs on
+        // every JIT call's inputs and on every constant).
+        fn bytes<T: Elem, const N: usize>(
+            a: &ndarray::ArrayD<T>,
+            f: impl Fn(T) -> [u8; N],
+        ) -> Vec<u8> {
+            let mut out = Vec::with_capacity(a.len() * N);
+            for &x in a.iter() {
+                out.extend_from_slice(&f(x));
+            }
+            out
         }
         match self {
-            Tensor::F32(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
-            Tensor::F64(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
-            Tensor::F16(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
-            Tensor::BF16(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
-            Tensor::I8(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
-            Tensor::U8(a) => bytes(a, |x| vec![x]),
-            Tensor::I16(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
-            Tensor::U16(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
-            Tensor::I32(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
-            Tensor::U32(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
-            Tensor::I64(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
-            Tensor::U64(a) => bytes(a, |x| x.to_le_bytes().to_vec()),
-            Tensor::Bool(a) => bytes(a, |x| vec![x as u8]),
+            Tensor::F32(a) => bytes(a, |x| x.to_le_bytes()),
+            Tensor::F64(a) => bytes(a, |x| x.to_le_bytes()),
+            Tensor::F16(a) => bytes(a, |x| x.to_le_bytes()),
+            Tensor::BF16(a) => bytes(a, |x| x.to_le_bytes()),
+            Tensor::I8(a) => bytes(a, |x| x.to_le_bytes()),
+            Tensor::U8(a) => bytes(a, |x| [x]),
+            Tensor::I16(a) => bytes(a, |x| x.to_le_bytes()),
+            Tensor::U16(a) => bytes(a, |x| x.to_le_bytes()),
+            Tensor::I32(a) => bytes(a, |x| x.to_le_bytes()),
+            Tensor::U32(a) => bytes(a, |x| x.to_le_bytes()),
+            Tensor::I64(a) => bytes(a, |x| x.to_le_bytes()),
+            Tensor::U64(a) => bytes(a, |x| x.to_le_bytes()),
+            Tensor::Bool(a) => bytes(a, |x| [x as u8]),
         }
     }
 

@@ -1,20 +1,23 @@
-//! The portable blocked GEMM behind MatMul, Gemm and convolution:
+//! The blocked GEMM behind MatMul, Gemm and convolution:
 //! C = act(alpha * A·B + beta * bias + residual), f32.
 //!
-//! B is packed into panels of 8 columns (`[N/8][K][8]`, zero-padded): at
-//! compile time when it is a constant (weights), else by a packing kernel
-//! into workspace scratch (im2col for convolutions packs straight into this
-//! form). The compute kernel keeps a 4x8 block of C in eight f32x4
-//! accumulators: per k, two panel loads and four broadcasts of A feed eight
-//! multiply-adds. Work items are (batch, block of 4 rows); a per-batch
-//! offset table in read-only data makes any broadcast batch layout work.
+//! B is packed into panels of `nr` columns (`[N/nr][K][nr]`, zero-padded):
+//! at compile time when it is a constant (weights), else by a packing
+//! kernel into workspace scratch (im2col for convolutions packs straight
+//! into this form). `run` picks the kernel: the AVX-512 machine-code
+//! microkernel (`zgemm`, 32-column panels) when the target has it and the
+//! operands fit, else the portable CLIF kernel here (8-column panels),
+//! which keeps a 4x8 block of C in eight f32x4 accumulators: per k, two
+//! panel loads and four broadcasts of A feed eight multiply-adds. Work
+//! items are (batch, block of 4 rows); a per-batch offset table in
+//! read-only data makes any broadcast batch layout work.
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{F32, F32X4, I64};
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::elementwise::{gelu, hard_sigmoid};
-use super::math;
+use super::{math, zgemm};
 use crate::codegen::builder::{Kb, mem};
 use crate::codegen::lower::{Buf, Lower};
 use crate::error::Result;
@@ -97,25 +100,45 @@ pub struct Gemm {
     pub residual: Option<Mat>,
     pub alpha: f32,
     pub act: Act,
-    /// Per batch element offsets: A, packed B, C, bias, residual.
+    /// Per batch element offsets (elements): A, C, bias, residual; the
+    /// packed B entry is the index of the batch's panel set.
     pub offsets: Vec<[i64; 5]>,
 }
 
+/// The panel width the kernel chosen for `g` reads.
+pub fn panel_width(lw: &Lower, g: &Gemm) -> usize {
+    if zgemm::fits(lw, g) { zgemm::ZNR } else { NR }
+}
+
+/// C = epilogue(A · packed B), `packed` in `panel_width(lw, g)` panels.
+pub fn run(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
+    if zgemm::fits(lw, g) {
+        zgemm::compute(lw, g, packed)
+    } else {
+        compute(lw, g, packed)
+    }
+}
+
+/// Floats of one packed B (`n` columns, depth `k`, `nr`-column panels).
+pub fn packed_len(n: usize, k: usize, nr: usize) -> usize {
+    n.div_ceil(nr) * k * nr
+}
+
 /// Bytes of a packed B with `n` columns and depth `k`.
-pub fn packed_bytes(n: usize, k: usize) -> usize {
-    n.div_ceil(NR) * k * NR * 4
+pub fn packed_bytes(n: usize, k: usize, nr: usize) -> usize {
+    packed_len(n, k, nr) * 4
 }
 
 /// Packs a constant matrix `b[kk * rs + j * cs]` (f32) at compile time.
-pub fn pack_const(b: &[f32], k: usize, n: usize, rs: usize, cs: usize) -> Vec<u8> {
-    let nb = n.div_ceil(NR);
-    let mut out = vec![0f32; nb * k * NR];
+pub fn pack_const(b: &[f32], k: usize, n: usize, rs: usize, cs: usize, nr: usize) -> Vec<u8> {
+    let nb = n.div_ceil(nr);
+    let mut out = vec![0f32; nb * k * nr];
     for jb in 0..nb {
         for kk in 0..k {
-            for t in 0..NR {
-                let j = jb * NR + t;
+            for t in 0..nr {
+                let j = jb * nr + t;
                 if j < n {
-                    out[(jb * k + kk) * NR + t] = b[kk * rs + j * cs];
+                    out[(jb * k + kk) * nr + t] = b[kk * rs + j * cs];
                 }
             }
         }
@@ -131,9 +154,10 @@ pub fn pack_runtime(
     src_off: &[i64],
     k: usize,
     n: usize,
+    nr: usize,
     dst: Buf,
 ) -> Result<()> {
-    let nb = n.div_ceil(NR);
+    let nb = n.div_ceil(nr);
     let batch = src_off.len();
     let offs = lw.data(src_off.iter().flat_map(|o| o.to_le_bytes()).collect())?;
     let (rs, cs) = (src.rs, src.cs);
@@ -146,14 +170,14 @@ pub fn pack_runtime(
             let oa = kb.gep(op, bi, 8);
             let off = kb.b.ins().load(I64, mem(), oa, 0);
             let base = kb.gep(sp, off, 4);
-            let panel = kb.gep(dp, item, (k * NR * 4) as i64);
-            let j0 = kb.muli(jb, NR as i64);
+            let panel = kb.gep(dp, item, (k * nr * 4) as i64);
+            let j0 = kb.muli(jb, nr as i64);
             let z = kb.i(0);
             let kk_hi = kb.i(k as i64);
             let full =
                 kb.b.ins()
-                    .icmp_imm_s(IntCC::SignedLessThanOrEqual, j0, (n - NR.min(n)) as i64);
-            let full = if n.is_multiple_of(NR) {
+                    .icmp_imm_s(IntCC::SignedLessThanOrEqual, j0, (n - nr.min(n)) as i64);
+            let full = if n.is_multiple_of(nr) {
                 kb.b.ins().iconst(cranelift_codegen::ir::types::I8, 1)
             } else {
                 full
@@ -163,34 +187,42 @@ pub fn pack_runtime(
                 let row = kb.muli(kk, rs);
                 let row = kb.b.ins().iadd(row, col0);
                 let src_row = kb.gep(base, row, 4);
-                let dst_row = kb.gep(panel, kk, (NR * 4) as i64);
+                let dst_row = kb.gep(panel, kk, (nr * 4) as i64);
                 if cs == 1 {
                     let fast = kb.b.create_block();
                     let slow = kb.b.create_block();
                     let done = kb.b.create_block();
                     kb.b.ins().brif(full, fast, &[], slow, &[]);
                     kb.b.switch_to_block(fast);
-                    for h in 0..2 {
+                    for h in 0..(nr / 4) as i32 {
                         let v = kb.b.ins().load(F32X4, mem(), src_row, h * 16);
                         kb.b.ins().store(mem(), v, dst_row, h * 16);
                     }
                     kb.b.ins().jump(done, &[]);
                     kb.b.switch_to_block(slow);
-                    scalar_lanes(kb, src_row, dst_row, j0, n, cs);
+                    scalar_lanes(kb, src_row, dst_row, j0, n, cs, nr);
                     kb.b.ins().jump(done, &[]);
                     kb.b.switch_to_block(done);
                 } else {
-                    scalar_lanes(kb, src_row, dst_row, j0, n, cs);
+                    scalar_lanes(kb, src_row, dst_row, j0, n, cs, nr);
                 }
             });
         });
     })
 }
 
-/// Copies the 8 lanes of one packed row element by element, zeroing lanes
-/// past column `n`.
-fn scalar_lanes(kb: &mut Kb, src_row: Value, dst_row: Value, j0: Value, n: usize, cs: i64) {
-    for t in 0..NR as i64 {
+/// Copies the `nr` lanes of one packed row element by element, zeroing
+/// lanes past column `n`.
+fn scalar_lanes(
+    kb: &mut Kb,
+    src_row: Value,
+    dst_row: Value,
+    j0: Value,
+    n: usize,
+    cs: i64,
+    nr: usize,
+) {
+    for t in 0..nr as i64 {
         let j = kb.addi(j0, t);
         let inb = kb.b.ins().icmp_imm_s(IntCC::SignedLessThan, j, n as i64);
         let zero = kb.b.ins().f32const(0.0);
@@ -207,14 +239,18 @@ fn scalar_lanes(kb: &mut Kb, src_row: Value, dst_row: Value, j0: Value, n: usize
     }
 }
 
-/// The compute kernel: C = epilogue(A · packed B).
-pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
+/// The portable compute kernel: C = epilogue(A · packed B).
+fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
     let mblocks = g.m.div_ceil(MR);
     let nb = g.n.div_ceil(NR);
+    let pset = packed_len(g.n, g.k, NR) as i64;
     let offs = lw.data(
         g.offsets
             .iter()
-            .flat_map(|o| o.iter().flat_map(|x| x.to_le_bytes()))
+            .flat_map(|o| {
+                let o = [o[0], o[1] * pset, o[2], o[3], o[4]];
+                o.into_iter().flat_map(|x| x.to_le_bytes())
+            })
             .collect(),
     )?;
     let mut bufs = vec![g.a.buf, packed, g.c.buf, offs];

@@ -6,7 +6,7 @@ use cranelift_codegen::ir::InstBuilder;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::F32;
 
-use super::gemm::{self, Act, Gemm, Mat, NR};
+use super::gemm::{self, Act, Gemm, Mat};
 use super::{NodeCx, Table};
 use crate::codegen::builder::{Elt, mem};
 use crate::codegen::lower::{Buf, Lower, Operand};
@@ -47,18 +47,26 @@ fn pack_b(
     offs: &[i64],
     k: usize,
     n: usize,
+    nr: usize,
 ) -> Result<Buf> {
     if let Some(t) = konst {
         let data: Vec<f32> = t.to_f64_vec().into_iter().map(|x| x as f32).collect();
         let mut bytes = Vec::new();
         for &o in offs {
             let slice = &data[o as usize..];
-            bytes.extend(gemm::pack_const(slice, k, n, m.rs as usize, m.cs as usize));
+            bytes.extend(gemm::pack_const(
+                slice,
+                k,
+                n,
+                m.rs as usize,
+                m.cs as usize,
+                nr,
+            ));
         }
         return lw.data(bytes);
     }
-    let dst = lw.scratch(offs.len() * gemm::packed_bytes(n, k));
-    gemm::pack_runtime(lw, m, offs, k, n, dst)?;
+    let dst = lw.scratch(offs.len() * gemm::packed_bytes(n, k, nr));
+    gemm::pack_runtime(lw, m, offs, k, n, nr, dst)?;
     Ok(dst)
 }
 
@@ -145,8 +153,6 @@ fn matmul(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
         }
         return scalar_matmul(lw, a, b, out, (m, n, k), &aoff, &boff, &coff);
     }
-    let packed = pack_b(lw, cx.consts[1], &bm, &boff, k, n)?;
-    let pstride = (n.div_ceil(NR) * k * NR) as i64;
     let residual = if fused {
         cx.ins.get(3).and_then(|o| o.clone())
     } else {
@@ -165,14 +171,16 @@ fn matmul(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
         alpha: 1.0,
         act: activation(cx.attrs())?,
         offsets: (0..aoff.len())
-            .map(|i| [aoff[i], i as i64 * pstride, coff[i], 0, coff[i]])
+            .map(|i| [aoff[i], i as i64, coff[i], 0, coff[i]])
             .collect(),
     };
-    gemm::compute(lw, &g, packed)
+    let nr = gemm::panel_width(lw, &g);
+    let packed = pack_b(lw, cx.consts[1], &bm, &boff, k, n, nr)?;
+    gemm::run(lw, &g, packed)
 }
 
 /// An operand broadcast to [m, n] (trailing two dims; 0 strides where 1).
-fn bias_mat(o: &Operand) -> Mat {
+pub fn bias_mat(o: &Operand) -> Mat {
     let s = &o.ty.shape;
     let cn = s.last().copied().unwrap_or(1);
     let cm = if s.len() >= 2 { s[s.len() - 2] } else { 1 };
@@ -229,7 +237,6 @@ fn gemm_op(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     } else {
         None
     };
-    let packed = pack_b(lw, cx.consts[1], &bm, &[0], k, n)?;
     let g = Gemm {
         m,
         n,
@@ -248,7 +255,9 @@ fn gemm_op(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
         act: activation(cx.attrs())?,
         offsets: vec![[0; 5]],
     };
-    gemm::compute(lw, &g, packed)
+    let nr = gemm::panel_width(lw, &g);
+    let packed = pack_b(lw, cx.consts[1], &bm, &[0], k, n, nr)?;
+    gemm::run(lw, &g, packed)
 }
 
 /// Any-dtype matmul: one work item per output row, scalar accumulation in
@@ -354,8 +363,13 @@ fn conv_geom(cx: &NodeCx) -> Result<ConvGeom> {
     let x = &cx.input(0)?.ty.shape;
     let w = &cx.input(1)?.ty.shape;
     let y = &cx.out(0).ty.shape;
+    conv_geom_of(cx.attrs(), x, w, y)
+}
+
+/// The geometry of a convolution with NCHW-ordered input shape `x`,
+/// weights `w` and output `y`.
+pub fn conv_geom_of(a: &Attrs, x: &[usize], w: &[usize], y: &[usize]) -> Result<ConvGeom> {
     let sp = x.len() - 2;
-    let a = cx.attrs();
     let ints = |name: &str, d: i64| -> Result<Vec<usize>> {
         let v = a
             .ints_opt(name)?
@@ -427,16 +441,14 @@ fn conv(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
         None
     };
     let act = activation(cx.attrs())?;
-    let panels = lw.scratch(g * gemm::packed_bytes(p, kk));
-    let pstride = (p.div_ceil(NR) * kk * NR) as i64;
+    let mut panels = None;
     for img in 0..geo.n {
-        pack_im2col(lw, x.buf, (img * geo.c * isz) as i64, &geo, panels)?;
         let offsets = (0..g)
             .map(|gi| {
                 let c_off = (img * geo.o * p + gi * og * p) as i64;
                 [
                     (gi * og * kk) as i64,
-                    gi as i64 * pstride,
+                    gi as i64,
                     c_off,
                     (gi * og) as i64,
                     c_off,
@@ -473,21 +485,31 @@ fn conv(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
             act,
             offsets,
         };
-        gemm::compute(lw, &gm, panels)?;
+        let nr = gemm::panel_width(lw, &gm);
+        let buf = *panels.get_or_insert_with(|| lw.scratch(g * gemm::packed_bytes(p, kk, nr)));
+        pack_im2col(lw, x.buf, (img * geo.c * isz) as i64, &geo, nr, buf)?;
+        gemm::run(lw, &gm, buf)?;
     }
     Ok(())
 }
 
 /// Packs the im2col matrix of one image (all groups) into GEMM panels:
 /// row k = (channel in group, kernel position), column = output position.
-fn pack_im2col(lw: &mut Lower, x: Buf, x_off: i64, geo: &ConvGeom, dst: Buf) -> Result<()> {
+fn pack_im2col(
+    lw: &mut Lower,
+    x: Buf,
+    x_off: i64,
+    geo: &ConvGeom,
+    nr: usize,
+    dst: Buf,
+) -> Result<()> {
     let sp = geo.in_sp.len();
     let g = geo.group;
     let cg = geo.c / g;
     let kpos: usize = geo.kernel.iter().product();
     let kk = cg * kpos;
     let p: usize = geo.out_sp.iter().product();
-    let nb = p.div_ceil(NR);
+    let nb = p.div_ceil(nr);
     let isz: usize = geo.in_sp.iter().product();
     let geo_in = geo.in_sp.clone();
     let geo_out = geo.out_sp.clone();
@@ -516,12 +538,12 @@ fn pack_im2col(lw: &mut Lower, x: Buf, x_off: i64, geo: &ConvGeom, dst: Buf) -> 
         kb.for_range(b, e, 1, |kb, item| {
             let gi = kb.b.ins().udiv_imm_u(item, nb as i64);
             let jb = kb.b.ins().urem_imm_u(item, nb as i64);
-            let panel = kb.gep(dp, item, (kk * NR * 4) as i64);
+            let panel = kb.gep(dp, item, (kk * nr * 4) as i64);
             let gbase = kb.gep(xp, gi, (cg * isz * 4) as i64);
             // Output coordinates of the 8 columns (and whether they exist).
-            let mut lanes = Vec::with_capacity(NR);
-            for t in 0..NR {
-                let pcol = kb.muli(jb, NR as i64);
+            let mut lanes = Vec::with_capacity(nr);
+            for t in 0..nr {
+                let pcol = kb.muli(jb, nr as i64);
                 let pcol = kb.addi(pcol, t as i64);
                 let valid = kb.b.ins().icmp_imm_s(IntCC::SignedLessThan, pcol, p as i64);
                 let mut rem = pcol;
@@ -541,7 +563,7 @@ fn pack_im2col(lw: &mut Lower, x: Buf, x_off: i64, geo: &ConvGeom, dst: Buf) -> 
                 let krow0 = kb.muli(c, kpos as i64);
                 for (q, pos) in positions.iter().enumerate() {
                     let krow = kb.addi(krow0, q as i64);
-                    let drow = kb.gep(panel, krow, (NR * 4) as i64);
+                    let drow = kb.gep(panel, krow, (nr * 4) as i64);
                     for (t, (valid, base)) in lanes.iter().enumerate() {
                         let mut ok = *valid;
                         let mut off = kb.i(0);

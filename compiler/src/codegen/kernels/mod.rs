@@ -3,6 +3,7 @@
 
 mod attention;
 mod chain;
+mod conv_nhwc;
 mod conv_transpose;
 mod det;
 mod einsum;
@@ -24,6 +25,7 @@ mod reduce;
 mod resize;
 mod softmax;
 mod topk;
+mod zgemm;
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -103,6 +105,9 @@ pub fn lower(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     };
     if promote::wraps(cx) {
         return promote::adapt(lw, cx, lower);
+    }
+    if conv_nhwc::applies(cx) {
+        return conv_nhwc::lower(lw, cx);
     }
     if nhwc::wraps(cx) && !NATIVE_NHWC.contains(&cx.node.op.as_str()) {
         return nhwc::adapt(lw, cx, f);

@@ -1,0 +1,500 @@
+//! AVX-512 f32 GEMM: a microkernel in machine code (assembled with
+//! iced-x86 per GEMM node, so depths, strides and the epilogue are
+//! immediates) defined in the Cranelift module beside the CLIF driver that
+//! calls it.
+//!
+//! B is packed in panels of [`ZNR`] = 32 columns (`[N/32][K][32]`, zero
+//! padded; constant weights at compile time). A tile is [`ZMR`] = 14 rows x
+//! 32 columns: 28 zmm accumulators, two for the B row, two for A
+//! broadcasts (all 32 registers). The depth is blocked so a panel's block
+//! (`kc x 32` floats) stays in L1 while the driver walks the rows; the
+//! accumulators start at zero (first depth block) or from C (later ones),
+//! and C is stored through column masks, so no scalar tails. On the last
+//! depth block the epilogue runs in registers: alpha, beta * bias,
+//! residual, and Relu/Clip; other activations run as a CLIF pass over the
+//! just-stored tile while it is in L1.
+//!
+//! Tile function ABI (System V): `(a, b, c, bias, residual, ctl)` with
+//! pointers at the tile's origin and `ctl` = column mask (bits 0-31) |
+//! load C (bit 32) | epilogue (bit 33) | depth (bits 34-63).
+
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::types::{F32, F32X4, I64};
+use cranelift_codegen::ir::{AbiParam, InstBuilder, Signature, Value};
+
+use super::gemm::{Act, Gemm, Mat};
+use crate::codegen::builder::{Kb, mem};
+use crate::codegen::lower::{Buf, Lower};
+use crate::error::{Error, Result};
+
+pub const ZNR: usize = 32;
+pub const ZMR: usize = 14;
+
+/// Whether the microkernel handles `g` (else the portable CLIF GEMM).
+pub fn fits(lw: &Lower, g: &Gemm) -> bool {
+    let unit = |m: &Option<Mat>| m.as_ref().is_none_or(|m| m.cs == 0 || m.cs == 1);
+    // Row displacements are 32-bit immediates.
+    let disp_ok = |rs: i64| (rs.unsigned_abs() as u128) * 4 * (ZMR as u128) < (1u128 << 31);
+    lw.avx512
+        && g.a.cs == 1
+        && g.c.cs == 1
+        && unit(&g.bias)
+        && unit(&g.residual)
+        && disp_ok(g.a.rs)
+        && disp_ok(g.c.rs)
+        && g.bias.as_ref().is_none_or(|m| disp_ok(m.rs))
+        && g.residual.as_ref().is_none_or(|m| disp_ok(m.rs))
+}
+
+/// Activations the tile function applies itself.
+fn in_registers(act: Act) -> bool {
+    matches!(act, Act::None | Act::Relu | Act::Clip(..))
+}
+
+/// The compile-time shape of one tile function.
+struct Tile {
+    mr: usize,
+    lda: i64,
+    ldc: i64,
+    /// Row stride (bytes) and whether columns are contiguous (else one
+    /// value per row).
+    bias: Option<(i64, bool)>,
+    beta: f32,
+    res: Option<(i64, bool)>,
+    alpha: f32,
+    act: Act,
+}
+
+mod asm {
+    //! The tile function in x86-64 machine code (register names would
+    //! shadow the driver's variables, hence the module).
+    use iced_x86::IcedError;
+    use iced_x86::code_asm::*;
+
+    use super::{Act, Tile};
+
+    const Z: [AsmRegisterZmm; 32] = [
+        zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13,
+        zmm14, zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23, zmm24, zmm25, zmm26,
+        zmm27, zmm28, zmm29, zmm30, zmm31,
+    ];
+
+    fn masked(r: AsmRegisterZmm, h: usize) -> AsmRegisterZmm {
+        if h == 0 { r.k1() } else { r.k2() }
+    }
+
+    fn masked_mem(m: AsmMemoryOperand, h: usize) -> AsmMemoryOperand {
+        if h == 0 { m.k1() } else { m.k2() }
+    }
+
+    /// Assembles the tile function.
+    pub(super) fn assemble(t: &Tile) -> std::result::Result<Vec<u8>, IcedError> {
+        let mut a = CodeAssembler::new(64)?;
+        let acc = |i: usize, h: usize| Z[2 * i + h];
+        let (tmp, bv0, bv1) = (Z[28], Z[28], Z[29]);
+        let c_at = |i: usize, h: usize| zmmword_ptr(rdx + (i as i64 * t.ldc + h as i64 * 64));
+
+        // Column masks and depth from ctl.
+        a.kmovw(k1, r9d)?;
+        a.mov(r10, r9)?;
+        a.shr(r10, 16)?;
+        a.kmovw(k2, r10d)?;
+        a.mov(rax, r9)?;
+        a.shr(rax, 34)?;
+
+        // Accumulators: zero, or C's partial sums.
+        let mut zero = a.create_label();
+        let mut start = a.create_label();
+        a.bt(r9, 32)?;
+        a.jae(zero)?;
+        for i in 0..t.mr {
+            for h in 0..2 {
+                a.vmovups(masked(acc(i, h), h).z(), c_at(i, h))?;
+            }
+        }
+        a.jmp(start)?;
+        a.set_label(&mut zero)?;
+        for i in 0..t.mr {
+            for h in 0..2 {
+                a.vpxord(acc(i, h), acc(i, h), acc(i, h))?;
+            }
+        }
+        a.set_label(&mut start)?;
+
+        // One depth step at element offset `ko` from rdi (A) / rsi (B).
+        let step = |a: &mut CodeAssembler, ko: i64| -> std::result::Result<(), IcedError> {
+            a.vmovups(bv0, zmmword_ptr(rsi + ko * 128))?;
+            a.vmovups(bv1, zmmword_ptr(rsi + (ko * 128 + 64)))?;
+            for i in 0..t.mr {
+                let bc = Z[30 + i % 2];
+                a.vbroadcastss(bc, dword_ptr(rdi + (i as i64 * t.lda + ko * 4)))?;
+                a.vfmadd231ps(acc(i, 0), bv0, bc)?;
+                a.vfmadd231ps(acc(i, 1), bv1, bc)?;
+            }
+            Ok(())
+        };
+        let mut rem = a.create_label();
+        let mut loop4 = a.create_label();
+        let mut loop1 = a.create_label();
+        let mut done = a.create_label();
+        a.mov(r10, rax)?;
+        a.shr(r10, 2)?;
+        a.and(rax, 3)?;
+        a.test(r10, r10)?;
+        a.jz(rem)?;
+        a.set_label(&mut loop4)?;
+        for ko in 0..4 {
+            step(&mut a, ko)?;
+        }
+        a.add(rdi, 16)?;
+        a.add(rsi, 512)?;
+        a.dec(r10)?;
+        a.jnz(loop4)?;
+        a.set_label(&mut rem)?;
+        a.test(rax, rax)?;
+        a.jz(done)?;
+        a.set_label(&mut loop1)?;
+        step(&mut a, 0)?;
+        a.add(rdi, 4)?;
+        a.add(rsi, 128)?;
+        a.dec(rax)?;
+        a.jnz(loop1)?;
+        a.set_label(&mut done)?;
+
+        // Epilogue (last depth block only).
+        let mut store = a.create_label();
+        a.bt(r9, 33)?;
+        a.jae(store)?;
+        let splat = |a: &mut CodeAssembler,
+                     r: AsmRegisterZmm,
+                     x: f32|
+         -> std::result::Result<(), IcedError> {
+            a.mov(eax, x.to_bits())?;
+            a.vpbroadcastd(r, eax)
+        };
+        if t.alpha != 1.0 {
+            splat(&mut a, Z[29], t.alpha)?;
+            for i in 0..t.mr {
+                for h in 0..2 {
+                    a.vmulps(acc(i, h), acc(i, h), Z[29])?;
+                }
+            }
+        }
+        for (operand, base, scale) in [(t.bias, rcx, t.beta), (t.res, r8, 1.0)] {
+            let Some((rs, vec)) = operand else { continue };
+            if scale != 1.0 {
+                splat(&mut a, Z[30], scale)?;
+            }
+            for i in 0..t.mr {
+                if !vec {
+                    a.vbroadcastss(tmp, dword_ptr(base + i as i64 * rs))?;
+                }
+                for h in 0..2 {
+                    if vec {
+                        a.vmovups(
+                            masked(tmp, h).z(),
+                            zmmword_ptr(base + (i as i64 * rs + h as i64 * 64)),
+                        )?;
+                    }
+                    if scale != 1.0 {
+                        a.vfmadd231ps(acc(i, h), tmp, Z[30])?;
+                    } else {
+                        a.vaddps(acc(i, h), acc(i, h), tmp)?;
+                    }
+                }
+            }
+        }
+        // vmaxps/vminps return their second source when either is NaN: the
+        // accumulator goes second so NaN propagates like the interpreter's.
+        match t.act {
+            Act::Relu => {
+                a.vpxord(Z[31], Z[31], Z[31])?;
+                for i in 0..t.mr {
+                    for h in 0..2 {
+                        a.vmaxps(acc(i, h), Z[31], acc(i, h))?;
+                    }
+                }
+            }
+            Act::Clip(lo, hi) => {
+                splat(&mut a, Z[30], lo)?;
+                splat(&mut a, Z[31], hi)?;
+                for i in 0..t.mr {
+                    for h in 0..2 {
+                        a.vmaxps(acc(i, h), Z[30], acc(i, h))?;
+                        a.vminps(acc(i, h), Z[31], acc(i, h))?;
+                    }
+                }
+            }
+            _ => {}
+        }
+        a.set_label(&mut store)?;
+        for i in 0..t.mr {
+            for h in 0..2 {
+                a.vmovups(masked_mem(c_at(i, h), h), acc(i, h))?;
+            }
+        }
+        a.vzeroupper()?;
+        a.ret()?;
+        a.assemble(0)
+    }
+}
+
+fn define_tile(lw: &mut Lower, t: &Tile) -> Result<cranelift_module::FuncId> {
+    let bytes =
+        asm::assemble(t).map_err(|e| Error::Internal(format!("assembling GEMM tile: {e}")))?;
+    let mut sig = Signature::new(lw.cc);
+    sig.params.extend([AbiParam::new(I64); 6]);
+    lw.machine_code(&sig, &bytes)
+}
+
+/// Depth block: a panel block of `kc x 32` floats fills about half of L1.
+fn depth_block(lw: &Lower, k: usize) -> usize {
+    let kc = ((lw.l1d / 2) / (ZNR * 4)).max(64) & !3;
+    k.min(kc)
+}
+
+/// How the work splits: (column-panel groups, row-block parts) per batch
+/// element. At least 8 items when the shape allows (threads take
+/// contiguous item ranges), and row parts small enough that their A block
+/// stays in L2.
+fn split(batch: usize, panels: usize, mblocks: usize, kc: usize) -> (usize, usize) {
+    const WANT: usize = 8;
+    let max_mb = ((256usize << 10) / (ZMR * kc * 4)).max(1);
+    let mut mparts = mblocks.div_ceil(max_mb);
+    let mut groups = 1;
+    if batch * mparts < WANT {
+        groups = panels.min(WANT.div_ceil(batch * mparts));
+    }
+    if batch * mparts * groups < WANT {
+        mparts = mblocks.min(WANT.div_ceil(batch * groups)).max(mparts);
+    }
+    let ppg = panels.div_ceil(groups);
+    let mbpp = mblocks.div_ceil(mparts);
+    (panels.div_ceil(ppg), mblocks.div_ceil(mbpp))
+}
+
+/// C = epilogue(A · packed B) with the microkernel; `packed` holds one
+/// panel set of `packed_len(n, k, ZNR)` floats per batch element.
+pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
+    let (m, n, k) = (g.m, g.n, g.k);
+    let panels = n.div_ceil(ZNR);
+    let mblocks = m.div_ceil(ZMR);
+    let kc = depth_block(lw, k);
+    let kblocks = k.div_ceil(kc);
+    let klast = k - (kblocks - 1) * kc;
+    let (groups, mparts) = split(g.batch, panels, mblocks, kc);
+    let ppg = panels.div_ceil(groups);
+    let mbpp = mblocks.div_ceil(mparts);
+    let tail_rows = m - (mblocks - 1) * ZMR;
+    let act_in_regs = in_registers(g.act);
+    let tile = |mr| Tile {
+        mr,
+        lda: g.a.rs * 4,
+        ldc: g.c.rs * 4,
+        bias: g.bias.as_ref().map(|b| (b.rs * 4, b.cs == 1)),
+        beta: g.beta,
+        res: g.residual.as_ref().map(|r| (r.rs * 4, r.cs == 1)),
+        alpha: g.alpha,
+        act: if act_in_regs { g.act } else { Act::None },
+    };
+    let mut callees = vec![define_tile(lw, &tile(tail_rows))?];
+    if tail_rows != ZMR {
+        callees.push(define_tile(lw, &tile(ZMR))?);
+    }
+    let pset = (panels * k * ZNR) as i64;
+    let offs = lw.data(
+        g.offsets
+            .iter()
+            .flat_map(|o| {
+                let o = [o[0], o[1] * pset, o[2], o[3], o[4]];
+                o.into_iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+    )?;
+    let mut bufs = vec![g.a.buf, packed, g.c.buf, offs];
+    let bias_arg = g.bias.as_ref().map(|b| {
+        bufs.push(b.buf);
+        bufs.len() - 1
+    });
+    let res_arg = g.residual.as_ref().map(|r| {
+        bufs.push(r.buf);
+        bufs.len() - 1
+    });
+    let edge_cols = n - (panels - 1) * ZNR;
+    let edge_mask = if edge_cols == 32 {
+        u32::MAX as i64
+    } else {
+        (1i64 << edge_cols) - 1
+    };
+    let items = g.batch * groups * mparts;
+    lw.kernel_calling(bufs, items, false, &callees, |kb, refs| {
+        let (tail_fn, full_fn) = (refs[0], *refs.get(1).unwrap_or(&refs[0]));
+        let (ap, bp, cp, op) = (kb.arg(0), kb.arg(1), kb.arg(2), kb.arg(3));
+        let biasp = bias_arg.map(|j| kb.arg(j));
+        let resp = res_arg.map(|j| kb.arg(j));
+        let (b, e) = (kb.begin, kb.end);
+        kb.for_range(b, e, 1, |kb, item| {
+            let per_batch = (groups * mparts) as i64;
+            let bi = kb.b.ins().udiv_imm_u(item, per_batch);
+            let rest = kb.b.ins().urem_imm_u(item, per_batch);
+            let gi = kb.b.ins().udiv_imm_u(rest, mparts as i64);
+            let mpi = kb.b.ins().urem_imm_u(rest, mparts as i64);
+            let ob = kb.gep(op, bi, 40);
+            let ld = |kb: &mut Kb, j: i32| kb.b.ins().load(I64, mem(), ob, j * 8);
+            let (oa, obp, oc, obias, ores) =
+                (ld(kb, 0), ld(kb, 1), ld(kb, 2), ld(kb, 3), ld(kb, 4));
+            let base = Bases {
+                a: kb.gep(ap, oa, 4),
+                b: kb.gep(bp, obp, 4),
+                c: kb.gep(cp, oc, 4),
+                bias: biasp.map(|p| kb.gep(p, obias, 4)),
+                res: resp.map(|p| kb.gep(p, ores, 4)),
+            };
+            let p_lo = kb.muli(gi, ppg as i64);
+            let p_hi = kb.addi(p_lo, ppg as i64);
+            let p_hi = min_imm(kb, p_hi, panels as i64);
+            let mb_lo = kb.muli(mpi, mbpp as i64);
+            let mb_hi = kb.addi(mb_lo, mbpp as i64);
+            let mb_hi = min_imm(kb, mb_hi, mblocks as i64);
+            let pass = |kb: &mut Kb, kb_idx: usize, last: bool| {
+                let depth = if last { klast } else { kc };
+                let mut ctl = (depth as i64) << 34;
+                if kb_idx > 0 {
+                    ctl |= 1 << 32;
+                }
+                if last {
+                    ctl |= 1 << 33;
+                }
+                let k0 = (kb_idx * kc) as i64;
+                kb.for_range(p_lo, p_hi, 1, |kb, p| {
+                    let is_edge = kb.b.ins().icmp_imm_s(IntCC::Equal, p, panels as i64 - 1);
+                    let em = kb.i(ctl | edge_mask);
+                    let fm = kb.i(ctl | u32::MAX as i64);
+                    let ctlv = kb.b.ins().select(is_edge, em, fm);
+                    let bpan = kb.gep(base.b, p, (k * ZNR * 4) as i64);
+                    let bpan = kb.addi(bpan, k0 * (ZNR as i64) * 4);
+                    let j0 = kb.muli(p, ZNR as i64);
+                    kb.for_range(mb_lo, mb_hi, 1, |kb, mb| {
+                        let r0 = kb.muli(mb, ZMR as i64);
+                        let a = kb.gep(base.a, r0, g.a.rs * 4);
+                        let a = kb.addi(a, k0 * 4);
+                        let c = tile_ptr(kb, base.c, &g.c, r0, j0);
+                        let bias = opt_ptr(kb, base.bias, g.bias.as_ref(), r0, j0);
+                        let res = opt_ptr(kb, base.res, g.residual.as_ref(), r0, j0);
+                        let args = [a, bpan, c, bias, res, ctlv];
+                        let post = |kb: &mut Kb, rows: usize| {
+                            if last && !act_in_regs {
+                                post_act(kb, g, c, rows, is_edge, edge_cols);
+                            }
+                        };
+                        if tail_rows == ZMR {
+                            kb.b.ins().call(full_fn, &args);
+                            post(kb, ZMR);
+                        } else {
+                            let is_tail =
+                                kb.b.ins().icmp_imm_s(IntCC::Equal, mb, mblocks as i64 - 1);
+                            let tb = kb.b.create_block();
+                            let fb = kb.b.create_block();
+                            let done = kb.b.create_block();
+                            kb.b.ins().brif(is_tail, tb, &[], fb, &[]);
+                            kb.b.switch_to_block(tb);
+                            kb.b.ins().call(tail_fn, &args);
+                            post(kb, tail_rows);
+                            kb.b.ins().jump(done, &[]);
+                            kb.b.switch_to_block(fb);
+                            kb.b.ins().call(full_fn, &args);
+                            post(kb, ZMR);
+                            kb.b.ins().jump(done, &[]);
+                            kb.b.switch_to_block(done);
+                        }
+                    });
+                });
+            };
+            for kbi in 0..kblocks {
+                pass(kb, kbi, kbi == kblocks - 1);
+            }
+        });
+    })
+}
+
+struct Bases {
+    a: Value,
+    b: Value,
+    c: Value,
+    bias: Option<Value>,
+    res: Option<Value>,
+}
+
+fn min_imm(kb: &mut Kb, v: Value, hi: i64) -> Value {
+    let h = kb.i(hi);
+    let lt = kb.b.ins().icmp(IntCC::SignedLessThan, v, h);
+    kb.b.ins().select(lt, v, h)
+}
+
+fn tile_ptr(kb: &mut Kb, base: Value, m: &Mat, r0: Value, j0: Value) -> Value {
+    let p = kb.gep(base, r0, m.rs * 4);
+    kb.gep(p, j0, m.cs * 4)
+}
+
+fn opt_ptr(kb: &mut Kb, base: Option<Value>, m: Option<&Mat>, r0: Value, j0: Value) -> Value {
+    match (base, m) {
+        (Some(b), Some(m)) => tile_ptr(kb, b, m, r0, j0),
+        _ => kb.i(0),
+    }
+}
+
+/// Applies the activation the tile function left out to the stored tile:
+/// `rows` rows of 32 columns (fewer on the edge panel).
+fn post_act(kb: &mut Kb, g: &Gemm, c: Value, rows: usize, is_edge: Value, edge_cols: usize) {
+    let full = kb.i(ZNR as i64);
+    let edge = kb.i(edge_cols as i64);
+    let cols = kb.b.ins().select(is_edge, edge, full);
+    for r in 0..rows {
+        let row = kb.addi(c, r as i64 * g.c.rs * 4);
+        let z = kb.i(0);
+        kb.for_vec(z, cols, 4, |kb, j, lanes| {
+            let ty = if lanes == 1 { F32 } else { F32X4 };
+            let addr = kb.gep(row, j, 4);
+            let v = kb.b.ins().load(ty, mem(), addr, 0);
+            let v = g.act.apply(kb, v);
+            kb.b.ins().store(mem(), v, addr, 0);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_covers_every_block_once() {
+        for (batch, panels, mblocks) in [(1, 1, 1), (1, 128, 19), (3, 2, 40), (200, 3, 1)] {
+            let (g, m) = split(batch, panels, mblocks, 128);
+            let ppg = panels.div_ceil(g);
+            let mbpp = mblocks.div_ceil(m);
+            assert!(g >= 1 && m >= 1);
+            assert!((g - 1) * ppg < panels && g * ppg >= panels);
+            assert!((m - 1) * mbpp < mblocks && m * mbpp >= mblocks);
+        }
+    }
+
+    #[test]
+    fn tile_assembles() {
+        for act in [Act::None, Act::Relu, Act::Clip(0.0, 6.0)] {
+            let t = Tile {
+                mr: ZMR,
+                lda: 4096 * 4,
+                ldc: 4096 * 4,
+                bias: Some((0, true)),
+                beta: 0.5,
+                res: Some((4096 * 4, true)),
+                alpha: 2.0,
+                act,
+            };
+            let code = asm::assemble(&t).expect("assembles");
+            assert_eq!(code.last(), Some(&0xc3), "ends with ret");
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! The native GEMM paths (AVX-512 machine-code microkernel where the host
+//! has it, and the portable CLIF kernel, forced by compiling for the host
+//! minus `avx512f`) against the interpreter: MatMul/Gemm/Conv and their
+//! fused forms on shapes that are not multiples of the 14x32 tile or the
+//! depth block (1, odd, just past a block), constant and run-time B,
+//! batches with broadcasting, bias of every shape, residual, activations
+//! done in registers and after the store; channels-last convolutions
+//! lowered as one GEMM over the weights.
+
+use cpucc::codegen::jit::JitModel;
+use cpucc::codegen::{Dumps, Target};
+use cpucc::interp;
+use cpucc::ir::{Attr, Attrs, DType, Graph, Tensor, ValueType};
+use cpucc::random::SplitMix64;
+
+fn data(rng: &mut SplitMix64, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    Tensor::from_f64s(DType::F32, shape, &v).unwrap()
+}
+
+/// Both GEMM paths on this host (the microkernel only when it has
+/// AVX-512F).
+fn targets() -> Vec<Target> {
+    let host = Target::host();
+    let mut v = vec![Target::parse("native-avx512f").unwrap()];
+    if host.has("avx512f") {
+        v.push(host);
+    }
+    v
+}
+
+/// A node operand: a run-time input or a constant.
+#[derive(Clone)]
+enum Arg {
+    In(Tensor),
+    Const(Tensor),
+}
+use Arg::{Const, In};
+
+/// One node over `args` (in the node's input order); compares native
+/// against the interpreter within 1e-4 of the output's magnitude.
+fn check(op: &str, opset: i64, attrs: &[(&str, Attr)], args: Vec<Arg>) {
+    let mut g = Graph::new("t");
+    let mut ids = Vec::new();
+    let mut ins = Vec::new();
+    for (i, arg) in args.into_iter().enumerate() {
+        ids.push(Some(match arg {
+            In(t) => {
+                let id = g.add_input(&format!("x{i}"), ValueType::of(&t)).unwrap();
+                ins.push(t);
+                id
+            }
+            Const(t) => g.add_const(&format!("c{i}"), t).unwrap(),
+        }));
+    }
+    let mut a = Attrs::default();
+    for (k, v) in attrs {
+        a.set(k, v.clone());
+    }
+    let node = g
+        .add_node("n", op, opset, a, ids, &["y".to_string()])
+        .unwrap();
+    g.outputs = g.node(node).outputs.clone();
+    let want = interp::run(&g, &ins).unwrap().remove(0).to_f64_vec();
+    let scale = want.iter().fold(1e-3f64, |m, x| m.max(x.abs()));
+    for t in targets() {
+        let m = JitModel::compile(&g, &t, &mut Dumps::default())
+            .unwrap_or_else(|e| panic!("{op} on {}: {e}", t.name));
+        // Twice: the second run reuses the first one's workspace.
+        for run in 0..2 {
+            let got = m.run(&ins).unwrap().remove(0).to_f64_vec();
+            assert_eq!(got.len(), want.len());
+            for (k, (w, h)) in want.iter().zip(&got).enumerate() {
+                assert!(
+                    (w - h).abs() <= 1e-4 * scale,
+                    "{op} {attrs:?} on {} (run {run}): element {k}: {h} != {w}",
+                    t.name
+                );
+            }
+        }
+    }
+}
+
+const SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (1, 7, 33),
+    (13, 5, 31),
+    (14, 64, 32),
+    (15, 300, 65),
+    (29, 517, 70),
+    (3, 1000, 17),
+];
+
+fn act(name: &str) -> (&'static str, Attr) {
+    ("activation", Attr::String(name.to_string()))
+}
+
+#[test]
+fn matmul_constant_and_runtime_b() {
+    let mut rng = SplitMix64::new(1);
+    for &(m, k, n) in SHAPES {
+        let a = data(&mut rng, &[m, k]);
+        let b = data(&mut rng, &[k, n]);
+        check("MatMul", 13, &[], vec![In(a.clone()), Const(b.clone())]);
+        check("MatMul", 13, &[], vec![In(a), In(b)]);
+    }
+}
+
+#[test]
+fn batched_matmul_with_broadcasting() {
+    let mut rng = SplitMix64::new(2);
+    let a = data(&mut rng, &[2, 1, 17, 40]);
+    let b = data(&mut rng, &[3, 40, 45]);
+    check("MatMul", 13, &[], vec![In(a.clone()), In(b.clone())]);
+    check("MatMul", 13, &[], vec![In(a), Const(b)]);
+    let v = data(&mut rng, &[40]);
+    let a = data(&mut rng, &[5, 40]);
+    check("MatMul", 13, &[], vec![In(a), Const(v)]);
+}
+
+#[test]
+fn fused_matmul_epilogues() {
+    let mut rng = SplitMix64::new(3);
+    for &(m, k, n) in SHAPES {
+        let a = data(&mut rng, &[m, k]);
+        let b = data(&mut rng, &[k, n]);
+        let bias = data(&mut rng, &[n]);
+        let res = data(&mut rng, &[m, n]);
+        let clip = [
+            act("Clip"),
+            ("act_alpha", Attr::Float(-0.25)),
+            ("act_beta", Attr::Float(0.5)),
+        ];
+        let acts: Vec<Vec<(&str, Attr)>> = vec![
+            vec![],
+            vec![act("Relu")],
+            clip.to_vec(),
+            vec![act("Gelu")],
+            vec![act("Sigmoid")],
+            vec![act("LeakyRelu"), ("act_alpha", Attr::Float(0.1))],
+        ];
+        for attrs in &acts {
+            check(
+                "cpucc.FusedMatMul",
+                13,
+                attrs,
+                vec![
+                    In(a.clone()),
+                    Const(b.clone()),
+                    Const(bias.clone()),
+                    In(res.clone()),
+                ],
+            );
+        }
+    }
+}
+
+#[test]
+fn fused_gemm_alpha_beta_bias_shapes_and_transposes() {
+    let mut rng = SplitMix64::new(4);
+    for &(m, k, n) in &SHAPES[1..] {
+        for (ta, tb) in [(0, 0), (0, 1), (1, 0)] {
+            let a = data(&mut rng, &if ta == 1 { [k, m] } else { [m, k] });
+            let b = data(&mut rng, &if tb == 1 { [n, k] } else { [k, n] });
+            for cshape in [vec![n], vec![m, 1], vec![1], vec![m, n]] {
+                let c = data(&mut rng, &cshape);
+                let attrs = [
+                    ("transA", Attr::Int(ta)),
+                    ("transB", Attr::Int(tb)),
+                    ("alpha", Attr::Float(0.75)),
+                    ("beta", Attr::Float(-1.5)),
+                    act("Relu"),
+                ];
+                check(
+                    "cpucc.FusedGemm",
+                    13,
+                    &attrs,
+                    vec![In(a.clone()), Const(b.clone()), Const(c)],
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_conv_shapes_groups_and_residual() {
+    let mut rng = SplitMix64::new(5);
+    // (N, C, H, W, O, kernel, stride, pad, group)
+    let cases = [
+        (1, 3, 9, 11, 5, 3, 1, 1, 1),
+        (2, 16, 13, 10, 33, 3, 2, 0, 1),
+        (1, 8, 7, 7, 16, 1, 1, 0, 1),
+        (1, 12, 10, 9, 12, 3, 1, 1, 12),
+        (1, 6, 8, 8, 9, 3, 2, 1, 3),
+        (1, 64, 6, 6, 30, 3, 1, 1, 1),
+    ];
+    for (n, c, h, w, o, kk, s, p, grp) in cases {
+        let x = data(&mut rng, &[n, c, h, w]);
+        let wt = data(&mut rng, &[o, c / grp, kk, kk]);
+        let b = data(&mut rng, &[o]);
+        let oh = (h + 2 * p - kk) / s + 1;
+        let ow = (w + 2 * p - kk) / s + 1;
+        let res = data(&mut rng, &[n, o, oh, ow]);
+        let geo = [
+            ("strides", Attr::Ints(vec![s as i64; 2])),
+            ("pads", Attr::Ints(vec![p as i64; 4])),
+            ("group", Attr::Int(grp as i64)),
+        ];
+        for a in [None, Some("Relu"), Some("HardSwish")] {
+            let mut attrs = geo.to_vec();
+            if let Some(a) = a {
+                attrs.push(act(a));
+            }
+            check(
+                "cpucc.FusedConv",
+                13,
+                &attrs,
+                vec![
+                    In(x.clone()),
+                    Const(wt.clone()),
+                    Const(b.clone()),
+                    In(res.clone()),
+                ],
+            );
+        }
+        check("Conv", 13, &geo, vec![In(x), Const(wt)]);
+    }
+}
+
+/// (N, C, H, W, O, kernel, stride, pads, dilation, group)
+type NhwcCase = (
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    [i64; 4],
+    i64,
+    i64,
+);
+
+#[test]
+fn channels_last_conv_as_gemm() {
+    let mut rng = SplitMix64::new(6);
+    // (N, C, H, W, O, kernel, stride, pads, dilation, group)
+    let cases: [NhwcCase; 8] = [
+        (2, 16, 5, 7, 33, 1, 1, [0; 4], 1, 1),
+        (1, 8, 9, 9, 20, 1, 2, [0; 4], 1, 1),
+        (1, 3, 11, 10, 17, 3, 1, [1; 4], 1, 1),
+        (2, 5, 12, 9, 40, 3, 2, [1; 4], 1, 1),
+        (1, 3, 15, 15, 8, 7, 2, [3; 4], 1, 1),
+        (1, 4, 9, 9, 6, 3, 1, [2; 4], 2, 1),
+        (1, 6, 8, 7, 5, 3, 1, [1, 0, 0, 1], 1, 1),
+        (1, 8, 6, 6, 8, 3, 1, [1; 4], 1, 2),
+    ];
+    for (n, c, h, w, o, k, s, pads, d, grp) in cases {
+        let x = data(&mut rng, &[n, h, w, c]);
+        let wt = data(&mut rng, &[o, c / grp as usize, k, k]);
+        let b = data(&mut rng, &[o]);
+        let ek = (k as i64 - 1) * d + 1;
+        let oh = ((h as i64 + pads[0] + pads[2] - ek) / s as i64 + 1) as usize;
+        let ow = ((w as i64 + pads[1] + pads[3] - ek) / s as i64 + 1) as usize;
+        let res = data(&mut rng, &[n, oh, ow, o]);
+        let geo = [
+            ("strides", Attr::Ints(vec![s as i64; 2])),
+            ("pads", Attr::Ints(pads.to_vec())),
+            ("dilations", Attr::Ints(vec![d; 2])),
+            ("group", Attr::Int(grp)),
+            ("layout", Attr::String("NHWC".into())),
+        ];
+        for a in [None, Some("Relu"), Some("Tanh")] {
+            let mut attrs = geo.to_vec();
+            if let Some(a) = a {
+                attrs.push(act(a));
+            }
+            check(
+                "cpucc.FusedConv",
+                13,
+                &attrs,
+                vec![
+                    In(x.clone()),
+                    Const(wt.clone()),
+                    Const(b.clone()),
+                    In(res.clone()),
+                ],
+            );
+        }
+        check("Conv", 13, &geo, vec![In(x), Const(wt)]);
+    }
+}
