@@ -318,8 +318,9 @@ fn conv_nd<T: Dot>(
 
 // -------------------------------------------------------------------- Conv
 
-/// Checks X [N, C, ...] against W [M, C/group, k...] and reads the window.
-pub(crate) fn conv_setup(attrs: &Attrs, x: &[usize], w: &[usize]) -> Result<(Window, usize)> {
+/// Checks that X [N, C, ...] and W have one equal rank >= 3 and reads the
+/// `group` attribute (>= 1).
+fn ranks_and_group(attrs: &Attrs, x: &[usize], w: &[usize]) -> Result<usize> {
     ensure!(
         x.len() >= 3,
         Invalid,
@@ -339,6 +340,12 @@ pub(crate) fn conv_setup(attrs: &Attrs, x: &[usize], w: &[usize]) -> Result<(Win
         "attribute 'group' must be >= 1, found {group}"
     );
     let group = group as usize;
+    Ok(group)
+}
+
+/// Checks X [N, C, ...] against W [M, C/group, k...] and reads the window.
+pub(crate) fn conv_setup(attrs: &Attrs, x: &[usize], w: &[usize]) -> Result<(Window, usize)> {
+    let group = ranks_and_group(attrs, x, w)?;
     ensure!(
         x[1] == w[1] * group && w[0].is_multiple_of(group),
         Invalid,
@@ -510,25 +517,7 @@ pub(crate) struct Transposed {
 /// SAME_UPPER; otherwise explicit pads apply and `output_shape`, if given,
 /// only sets the size (cropping or zero-extending at the end).
 pub(crate) fn transposed_setup(attrs: &Attrs, x: &[usize], w: &[usize]) -> Result<Transposed> {
-    ensure!(
-        x.len() >= 3,
-        Invalid,
-        "X must have rank >= 3 (N, C, spatial...), found shape {x:?}"
-    );
-    ensure!(
-        w.len() == x.len(),
-        Invalid,
-        "W has rank {}, X has rank {}",
-        w.len(),
-        x.len()
-    );
-    let group = attrs.int("group", 1)?;
-    ensure!(
-        group >= 1,
-        Invalid,
-        "attribute 'group' must be >= 1, found {group}"
-    );
-    let group = group as usize;
+    let group = ranks_and_group(attrs, x, w)?;
     ensure!(
         w[0] == x[1] && x[1].is_multiple_of(group),
         Invalid,

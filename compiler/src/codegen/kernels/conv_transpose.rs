@@ -6,70 +6,18 @@
 //! output row (batch, channel, all spatial dims but the last); scalar code.
 
 use crate::codegen::nest::row_major;
-use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::InstBuilder;
 use cranelift_codegen::ir::types::I8;
-use cranelift_codegen::ir::{InstBuilder, Value};
 
+use super::taps::{Dim, Direction, taps};
 use super::{NodeCx, Table};
-use crate::codegen::builder::{Elt, Kb};
+use crate::codegen::builder::Elt;
 use crate::codegen::lower::Lower;
 use crate::error::Result;
 use crate::ops::conv::transposed_setup;
 
 pub fn register(t: &mut Table) {
     t.add(&["ConvTranspose"], conv_transpose);
-}
-
-/// Per spatial dimension: output coordinate, and the strides to apply.
-struct Dim {
-    o: Value,
-    begin: i64,
-    stride: i64,
-    dil: i64,
-    in_len: i64,
-    k_len: i64,
-    x_st: i64,
-    w_st: i64,
-}
-
-/// Loops over kernel offsets of `dims`, accumulating valid taps with `tap`
-/// (given the x and w element offsets).
-fn taps(
-    kb: &mut Kb,
-    dims: &[Dim],
-    xo: Value,
-    wo: Value,
-    ok: Value,
-    tap: &mut dyn FnMut(&mut Kb, Value, Value),
-) {
-    let Some((d, rest)) = dims.split_first() else {
-        kb.if_(ok, |kb| tap(kb, xo, wo));
-        return;
-    };
-    let (z, kn) = (kb.i(0), kb.i(d.k_len));
-    kb.for_range(z, kn, 1, |kb, k| {
-        // t = o + begin - k * dil; valid when t >= 0, t % s == 0, t / s < len.
-        let t = kb.addi(d.o, d.begin);
-        let kd = kb.muli(k, d.dil);
-        let t = kb.b.ins().isub(t, kd);
-        let nonneg = kb.b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, t, 0);
-        let (i, exact) = if d.stride == 1 {
-            (t, kb.b.ins().iconst(I8, 1))
-        } else {
-            let r = kb.b.ins().urem_imm_u(t, d.stride);
-            let e = kb.b.ins().icmp_imm_s(IntCC::Equal, r, 0);
-            (kb.b.ins().udiv_imm_u(t, d.stride), e)
-        };
-        let inside = kb.b.ins().icmp_imm_s(IntCC::SignedLessThan, i, d.in_len);
-        let v = kb.b.ins().band(nonneg, exact);
-        let v = kb.b.ins().band(v, inside);
-        let v = kb.b.ins().band(v, ok);
-        let xi = kb.muli(i, d.x_st);
-        let xo = kb.add(xo, xi);
-        let wk = kb.muli(k, d.w_st);
-        let wo = kb.add(wo, wk);
-        taps(kb, rest, xo, wo, v, tap);
-    });
 }
 
 fn conv_transpose(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
@@ -147,15 +95,23 @@ fn conv_transpose(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
                     let wm = kb.muli(ml, ws[1]);
                     let wo = kb.add(wo, wm);
                     let ok = kb.b.ins().iconst(I8, 1);
-                    taps(kb, &dims, xo, wo, ok, &mut |kb, xo, wo| {
-                        let xa = kb.gep(xp, xo, esz);
-                        let wa = kb.gep(wp, wo, esz);
-                        let xv = kb.load_elt(dt, xa, 1);
-                        let wv = kb.load_elt(dt, wa, 1);
-                        let s = kb.b.use_var(acc);
-                        let s = kb.fmadd(xv, wv, s);
-                        kb.b.def_var(acc, s);
-                    });
+                    taps(
+                        kb,
+                        &dims,
+                        Direction::Transposed,
+                        xo,
+                        wo,
+                        ok,
+                        &mut |kb, xo, wo| {
+                            let xa = kb.gep(xp, xo, esz);
+                            let wa = kb.gep(wp, wo, esz);
+                            let xv = kb.load_elt(dt, xa, 1);
+                            let wv = kb.load_elt(dt, wa, 1);
+                            let s = kb.b.use_var(acc);
+                            let s = kb.fmadd(xv, wv, s);
+                            kb.b.def_var(acc, s);
+                        },
+                    );
                 });
                 let s = kb.b.use_var(acc);
                 let o = kb.muli(row, last as i64);

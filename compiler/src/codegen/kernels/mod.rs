@@ -24,6 +24,7 @@ mod quant;
 mod reduce;
 mod resize;
 mod softmax;
+mod taps;
 mod topk;
 mod zgemm;
 

@@ -7,11 +7,11 @@
 //! the scales' promoted dtype.
 
 use crate::codegen::nest::row_major;
-use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{F32, F64, I8, I32};
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::quant::{saturate, to_f64};
+use super::taps::{Dim, Direction, taps};
 use super::{NodeCx, Table};
 use crate::codegen::builder::Kb;
 use crate::codegen::lower::{Lower, Operand};
@@ -31,49 +31,6 @@ struct Geom {
     dilations: Vec<usize>,
     begin: Vec<usize>,
     out: Vec<usize>,
-}
-
-struct Dim {
-    o: Value,
-    begin: i64,
-    stride: i64,
-    dil: i64,
-    in_len: i64,
-    k_len: i64,
-    x_st: i64,
-    w_st: i64,
-}
-
-/// Loops over kernel offsets; `tap(x offset, w offset)` for taps inside
-/// the input (i = o * stride + k * dilation - begin).
-fn taps(
-    kb: &mut Kb,
-    dims: &[Dim],
-    xo: Value,
-    wo: Value,
-    ok: Value,
-    tap: &mut dyn FnMut(&mut Kb, Value, Value),
-) {
-    let Some((d, rest)) = dims.split_first() else {
-        kb.if_(ok, |kb| tap(kb, xo, wo));
-        return;
-    };
-    let (z, kn) = (kb.i(0), kb.i(d.k_len));
-    kb.for_range(z, kn, 1, |kb, k| {
-        let i = kb.muli(d.o, d.stride);
-        let kd = kb.muli(k, d.dil);
-        let i = kb.add(i, kd);
-        let i = kb.addi(i, -d.begin);
-        let lo = kb.b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, i, 0);
-        let hi = kb.b.ins().icmp_imm_s(IntCC::SignedLessThan, i, d.in_len);
-        let v = kb.b.ins().band(lo, hi);
-        let v = kb.b.ins().band(v, ok);
-        let xi = kb.muli(i, d.x_st);
-        let xo = kb.add(xo, xi);
-        let wk = kb.muli(k, d.w_st);
-        let wo = kb.add(wo, wk);
-        taps(kb, rest, xo, wo, v, tap);
-    });
 }
 
 /// `emit(kb, acc, m, dst)` gets the i32 sum over taps and input channels of
@@ -172,22 +129,30 @@ fn int_conv(
                     let wc = kb.muli(ci, ws[1]);
                     let wo = kb.add(wo, wc);
                     let ok = kb.b.ins().iconst(I8, 1);
-                    taps(kb, &dims, xo, wo, ok, &mut |kb, xo, wo| {
-                        let xa = kb.gep(xp, xo, xdt.size_bytes() as i64);
-                        let wa = kb.gep(wp, wo, wdt.size_bytes() as i64);
-                        let mut xv = kb.load_elt(xdt, xa, 1);
-                        let mut wv = kb.load_elt(wdt, wa, 1);
-                        if let Some(zv) = xzv {
-                            xv = kb.b.ins().isub(xv, zv);
-                        }
-                        if let Some(zv) = wzv {
-                            wv = kb.b.ins().isub(wv, zv);
-                        }
-                        let p = kb.b.ins().imul(xv, wv);
-                        let s = kb.b.use_var(acc);
-                        let s = kb.b.ins().iadd(s, p);
-                        kb.b.def_var(acc, s);
-                    });
+                    taps(
+                        kb,
+                        &dims,
+                        Direction::Forward,
+                        xo,
+                        wo,
+                        ok,
+                        &mut |kb, xo, wo| {
+                            let xa = kb.gep(xp, xo, xdt.size_bytes() as i64);
+                            let wa = kb.gep(wp, wo, wdt.size_bytes() as i64);
+                            let mut xv = kb.load_elt(xdt, xa, 1);
+                            let mut wv = kb.load_elt(wdt, wa, 1);
+                            if let Some(zv) = xzv {
+                                xv = kb.b.ins().isub(xv, zv);
+                            }
+                            if let Some(zv) = wzv {
+                                wv = kb.b.ins().isub(wv, zv);
+                            }
+                            let p = kb.b.ins().imul(xv, wv);
+                            let s = kb.b.use_var(acc);
+                            let s = kb.b.ins().iadd(s, p);
+                            kb.b.def_var(acc, s);
+                        },
+                    );
                 });
                 let s = kb.b.use_var(acc);
                 let o = kb.muli(row, last as i64);
