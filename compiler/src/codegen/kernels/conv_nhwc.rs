@@ -105,8 +105,7 @@ pub fn lower(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
             cs: 1,
         };
         let g = gemm_for(n * p, a, c, 0);
-        let nr = gemm::panel_width(lw, &g);
-        let packed = lw.data(gemm::pack_const(&bmat, kk, o, o, 1, nr))?;
+        let packed = gemm::pack_weights(lw, &g, &bmat, &[0], kk, o, o, 1)?;
         return gemm::run(lw, &g, packed);
     }
     let cols = lw.scratch(p * kk * 4);
@@ -115,8 +114,7 @@ pub fn lower(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
         rs: kk as i64,
         cs: 1,
     };
-    let nr = gemm::panel_width(lw, &gemm_for(p, a.clone(), kk, 0));
-    let packed = lw.data(gemm::pack_const(&bmat, kk, o, o, 1, nr))?;
+    let packed = gemm::pack_weights(lw, &gemm_for(p, a.clone(), kk, 0), &bmat, &[0], kk, o, o, 1)?;
     for img in 0..n {
         im2col(lw, x.buf, img, (h, wd, c), (oh, ow), &geo, cols)?;
         let off = (img * p * o) as i64;
