@@ -131,7 +131,11 @@ mod tests {
             super::asm::release(),
             super::asm::permission(),
         ] {
-            assert_eq!(code.expect("assembles").last(), Some(&0xc3), "ends with ret");
+            assert_eq!(
+                code.expect("assembles").last(),
+                Some(&0xc3),
+                "ends with ret"
+            );
         }
     }
 }

@@ -275,7 +275,8 @@ mod asm {
 /// nothing).
 pub(super) fn define(lw: &mut Lower, params: usize, bytes: Result<Vec<u8>>) -> Result<FuncId> {
     let mut sig = Signature::new(lw.cc);
-    sig.params.extend(std::iter::repeat_n(AbiParam::new(I64), params));
+    sig.params
+        .extend(std::iter::repeat_n(AbiParam::new(I64), params));
     lw.machine_code(&sig, &bytes?)
 }
 
@@ -334,8 +335,16 @@ pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
         alpha: g.alpha,
         act: if act_in_regs { g.act } else { Act::None },
     };
-    let cvt = define(lw, 3, asm::convert(&shape).map_err(asm_err("bf16 conversion")))?;
-    let epi = define(lw, 5, asm::epilogue(&shape).map_err(asm_err("bf16 epilogue")))?;
+    let cvt = define(
+        lw,
+        3,
+        asm::convert(&shape).map_err(asm_err("bf16 conversion")),
+    )?;
+    let epi = define(
+        lw,
+        5,
+        asm::epilogue(&shape).map_err(asm_err("bf16 epilogue")),
+    )?;
     let mut callees = vec![cvt, epi];
     match isa {
         Bf16Isa::Amx => {
