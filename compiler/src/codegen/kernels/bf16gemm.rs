@@ -13,7 +13,7 @@
 //! row part) first converts its rows to bf16 (`vcvtne2ps2bf16`, round to
 //! nearest even, zeros past K) into its own scratch slot, row stride
 //! `Kp * 2 + 64` bytes (the extra line keeps the 16 rows of a tile load
-//! off one cache set), which stays in L2; then, per column panel (32
+//! off one cache set), at most 1.5 MiB so it stays in L2; then, per column panel (32
 //! columns of B, also L2-resident while the item's row blocks pass over
 //! it), per row block of `MB` rows, the compute function (`amx.rs`: 2x2
 //! AMX tiles, `MB` = 32; `dpbf16.rs`: two 14x32 register tiles, `MB` = 28)
@@ -290,11 +290,12 @@ fn in_registers(act: Act) -> bool {
 }
 
 /// How the work splits: (column-panel groups, row parts) per batch
-/// element; at least 8 items when the shape allows, and row parts whose
-/// converted A stays within 512 KiB (L2).
+/// element; at least 8 items when the shape allows, preferring column
+/// groups (each row part streams all of its group's weights) and row parts
+/// whose converted A stays within 1.5 MiB (L2).
 fn split(batch: usize, panels: usize, mblocks: usize, block_bytes: usize) -> (usize, usize) {
     const WANT: usize = 8;
-    let max_mb = ((512usize << 10) / block_bytes).max(1);
+    let max_mb = ((1536usize << 10) / block_bytes).max(1);
     let mut mparts = mblocks.div_ceil(max_mb);
     let mut groups = 1;
     if batch * mparts < WANT {
