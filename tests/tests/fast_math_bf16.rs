@@ -230,22 +230,29 @@ fn gemm_alpha_beta_transposes_and_bias_shapes() {
 #[test]
 fn channels_last_conv() {
     let mut rng = SplitMix64::new(4);
-    // (N, C, H, W, O, kernel, stride, pad)
-    for (n, c, h, w, o, k, s, p) in [
-        (2, 16, 5, 7, 33, 1, 1, 0),
-        (1, 3, 11, 10, 17, 3, 1, 1),
-        (2, 5, 12, 9, 40, 3, 2, 1),
-        (1, 64, 6, 6, 30, 3, 1, 1),
+    // (N, C, H, W, O, kernel, stride, pad, dilation): 1x1 multiplies the
+    // input, the others gather im2col rows while converting (C past 32,
+    // odd, and 3 as in a stem).
+    for (n, c, h, w, o, k, s, p, d) in [
+        (2, 16, 5, 7, 33, 1, 1, 0, 1),
+        (1, 3, 11, 10, 17, 3, 1, 1, 1),
+        (2, 5, 12, 9, 40, 3, 2, 1, 1),
+        (1, 64, 6, 6, 30, 3, 1, 1, 1),
+        (2, 37, 9, 8, 20, 3, 1, 2, 2),
+        (1, 40, 9, 9, 20, 1, 2, 0, 1),
+        (1, 3, 15, 15, 8, 7, 2, 3, 1),
     ] {
         let x = data(&mut rng, &[n, h, w, c]);
         let wt = data(&mut rng, &[o, c, k, k]);
         let b = data(&mut rng, &[o]);
-        let oh = (h + 2 * p - k) / s + 1;
-        let ow = (w + 2 * p - k) / s + 1;
+        let ek = (k - 1) * d + 1;
+        let oh = (h + 2 * p - ek) / s + 1;
+        let ow = (w + 2 * p - ek) / s + 1;
         let res = data(&mut rng, &[n, oh, ow, o]);
         let mut attrs = vec![
             ("strides", Attr::Ints(vec![s as i64; 2])),
             ("pads", Attr::Ints(vec![p as i64; 4])),
+            ("dilations", Attr::Ints(vec![d as i64; 2])),
             ("layout", Attr::String("NHWC".into())),
         ];
         check("Conv", &attrs, vec![In(x.clone()), W(wt.clone())]);

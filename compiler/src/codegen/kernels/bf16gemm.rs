@@ -25,7 +25,13 @@
 //! configuration at the start of every task call (the pool may run tasks
 //! on any thread) and releases the tiles at its end.
 //!
-//! Machine-code function ABIs (System V): convert `(src, dst, rows)`;
+//! Channels-last convolutions with a kernel other than 1x1/stride 1 do
+//! not materialize im2col in f32: the conversion function gathers each
+//! output position's taps straight from the NHWC input (zeros in the
+//! padding), one GEMM over all images (the batch).
+//!
+//! Machine-code function ABIs (System V): convert `(src, dst, rows, r0)`
+//! (`src` = A at row `r0`, or the image for the gather);
 //! compute `(a_bf16, b_panel, tile_buf)`; epilogue `(tile_buf, c, bias,
 //! residual, ctl)` with `ctl` = column mask (bits 0-31) | rows (bits 32+).
 
@@ -104,6 +110,21 @@ pub fn pack(b: &[f32], offs: &[i64], k: usize, n: usize, rs: usize, cs: usize) -
     out.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// A channels-last convolution's A, gathered (im2col) and converted in one
+/// pass: row `pos` of image `img` holds, per kernel tap, the `c` input
+/// channels at the tap's pixel (zeros in the padding).
+#[derive(Clone, Debug)]
+pub struct Im2col {
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub ow: usize,
+    pub kernel: [usize; 2],
+    pub strides: [usize; 2],
+    pub dil: [usize; 2],
+    pub pad0: [usize; 2],
+}
+
 /// The compile-time shape of the conversion and epilogue functions.
 pub(super) struct Shape {
     pub k: usize,
@@ -123,11 +144,120 @@ mod asm {
     use iced_x86::IcedError;
     use iced_x86::code_asm::*;
 
-    use super::{Act, Shape};
+    use super::{Act, Im2col, Shape};
 
     type R = std::result::Result<Vec<u8>, IcedError>;
 
-    /// `(src, dst, rows)`: rows of K f32 at stride `lda` to bf16 rows of
+    /// `(image, dst, rows, r0)`: im2col rows `r0..r0 + rows` of one
+    /// channels-last image (f32) to bf16 rows of `Kp` at stride `ldap`,
+    /// zeros in the padding and past K.
+    pub(super) fn gather(s: &Shape, g: &Im2col) -> R {
+        let mut a = CodeAssembler::new(64)?;
+        let (c, kp) = (g.c, super::kpad(s.k));
+        let (full, tail) = (c / 32, c % 32);
+        let zero = zmm31;
+        let mut done = a.create_label();
+        let mut row = a.create_label();
+        a.test(rdx, rdx)?;
+        a.jz(done)?;
+        a.mov(r11, rdx)?;
+        a.mov(rax, rcx)?;
+        a.xor(edx, edx)?;
+        a.mov(r8, g.ow as u64)?;
+        a.div(r8)?;
+        // r9 = output row, r10 = output column of the current position.
+        a.mov(r9, rax)?;
+        a.mov(r10, rdx)?;
+        a.vpxord(zero, zero, zero)?;
+        let mask32 = |a: &mut CodeAssembler, k: AsmRegisterK, bits: usize| {
+            let m: u64 = if bits >= 32 {
+                u32::MAX as u64
+            } else {
+                (1u64 << bits) - 1
+            };
+            a.mov(eax, m as u32)?;
+            a.kmovd(k, eax)
+        };
+        if tail > 0 {
+            mask32(&mut a, k3, tail.min(16))?;
+            mask32(&mut a, k4, tail.saturating_sub(16))?;
+            mask32(&mut a, k5, tail)?;
+        }
+        if kp > s.k {
+            mask32(&mut a, k6, kp - s.k)?;
+        }
+        a.set_label(&mut row)?;
+        for ta in 0..g.kernel[0] {
+            for tb in 0..g.kernel[1] {
+                let tap = ta * g.kernel[1] + tb;
+                let mut zero_tap = a.create_label();
+                let mut next = a.create_label();
+                let off_y = (ta * g.dil[0]) as i64 - g.pad0[0] as i64;
+                let off_x = (tb * g.dil[1]) as i64 - g.pad0[1] as i64;
+                a.imul_3(rax, r9, g.strides[0] as i32)?;
+                a.add(rax, off_y as i32)?;
+                a.cmp(rax, g.h as i32)?;
+                a.jae(zero_tap)?;
+                a.imul_3(rcx, r10, g.strides[1] as i32)?;
+                a.add(rcx, off_x as i32)?;
+                a.cmp(rcx, g.w as i32)?;
+                a.jae(zero_tap)?;
+                a.imul_3(rax, rax, g.w as i32)?;
+                a.add(rax, rcx)?;
+                a.imul_3(rax, rax, (c * 4) as i32)?;
+                a.add(rax, rdi)?;
+                a.lea(r8, ptr(rsi + (tap * c * 2) as i32))?;
+                if full > 0 {
+                    let mut chunk = a.create_label();
+                    a.mov(rcx, full as u64)?;
+                    a.set_label(&mut chunk)?;
+                    a.vmovups(zmm0, zmmword_ptr(rax))?;
+                    a.vmovups(zmm1, zmmword_ptr(rax + 64))?;
+                    a.vcvtne2ps2bf16(zmm2, zmm1, zmm0)?;
+                    a.vmovdqu16(zmmword_ptr(r8), zmm2)?;
+                    a.add(rax, 128)?;
+                    a.add(r8, 64)?;
+                    a.dec(rcx)?;
+                    a.jnz(chunk)?;
+                }
+                if tail > 0 {
+                    a.vmovups(zmm0.k3().z(), zmmword_ptr(rax))?;
+                    a.vmovups(zmm1.k4().z(), zmmword_ptr(rax + 64))?;
+                    a.vcvtne2ps2bf16(zmm2, zmm1, zmm0)?;
+                    a.vmovdqu16(zmmword_ptr(r8).k5(), zmm2)?;
+                }
+                a.jmp(next)?;
+                a.set_label(&mut zero_tap)?;
+                for j in 0..full {
+                    a.vmovdqu16(zmmword_ptr(rsi + ((tap * c + j * 32) * 2) as i32), zero)?;
+                }
+                if tail > 0 {
+                    let at = ((tap * c + full * 32) * 2) as i32;
+                    a.vmovdqu16(zmmword_ptr(rsi + at).k5(), zero)?;
+                }
+                a.set_label(&mut next)?;
+            }
+        }
+        if kp > s.k {
+            a.vmovdqu16(zmmword_ptr(rsi + (s.k * 2) as i32).k6(), zero)?;
+        }
+        let mut same_row = a.create_label();
+        a.add(rsi, s.ldap as i32)?;
+        a.inc(r10)?;
+        a.cmp(r10, g.ow as i32)?;
+        a.jb(same_row)?;
+        a.xor(r10d, r10d)?;
+        a.inc(r9)?;
+        a.set_label(&mut same_row)?;
+        a.dec(r11)?;
+        a.jnz(row)?;
+        a.set_label(&mut done)?;
+        a.vzeroupper()?;
+        a.ret()?;
+        a.assemble(0)
+    }
+
+    /// `(src, dst, rows, _)`: rows of K f32 at stride `lda` to bf16 rows of
     /// `Kp` at stride `ldap`, zeros past K.
     pub(super) fn convert(s: &Shape) -> R {
         let mut a = CodeAssembler::new(64)?;
@@ -311,6 +441,17 @@ fn split(batch: usize, panels: usize, mblocks: usize, block_bytes: usize) -> (us
 
 /// C = epilogue(A · packed B) in bf16; `packed` is [`pack`]'s output.
 pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
+    run(lw, g, packed, None)
+}
+
+/// A channels-last convolution: `g`'s batch is the images, A (`g.a` at
+/// each image's offset) the NHWC input, gathered by `geo` while it is
+/// converted.
+pub fn conv(lw: &mut Lower, g: &Gemm, packed: Buf, geo: &Im2col) -> Result<()> {
+    run(lw, g, packed, Some(geo))
+}
+
+fn run(lw: &mut Lower, g: &Gemm, packed: Buf, im2col: Option<&Im2col>) -> Result<()> {
     let Some(isa) = lw.bf16 else {
         bail!(Internal, "bf16 GEMM without --fast-math bf16");
     };
@@ -336,11 +477,11 @@ pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
         alpha: g.alpha,
         act: if act_in_regs { g.act } else { Act::None },
     };
-    let cvt = define(
-        lw,
-        3,
-        asm::convert(&shape).map_err(asm_err("bf16 conversion")),
-    )?;
+    let cvt = match im2col {
+        Some(geo) => asm::gather(&shape, geo),
+        None => asm::convert(&shape),
+    };
+    let cvt = define(lw, 4, cvt.map_err(asm_err("bf16 conversion")))?;
     let epi = define(
         lw,
         5,
@@ -443,10 +584,14 @@ pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
             };
             kb.for_range(mb_lo, mb_hi, 1, |kb, blk| {
                 let r0 = kb.muli(blk, mb as i64);
-                let src = kb.gep(a_base, r0, g.a.rs * 4);
+                let src = if im2col.is_some() {
+                    a_base
+                } else {
+                    kb.gep(a_base, r0, g.a.rs * 4)
+                };
                 let dst = a_blk(kb, blk);
                 let rows = rows_of(kb, blk);
-                kb.b.ins().call(cvt, &[src, dst, rows]);
+                kb.b.ins().call(cvt, &[src, dst, rows, r0]);
             });
             kb.for_range(p_lo, p_hi, 1, |kb, p| {
                 let is_edge = kb.b.ins().icmp_imm_s(IntCC::Equal, p, panels as i64 - 1);
