@@ -140,7 +140,16 @@ fn bf16_gather(
 ) -> Option<(Gemm, bf16gemm::Im2col)> {
     let kk = geo.kernel[0] * geo.kernel[1] * c;
     let p = geo.out_sp[0] * geo.out_sp[1];
-    let mut g = gemm_for(p, Mat { buf: x, rs: kk as i64, cs: 1 }, kk, 0);
+    let mut g = gemm_for(
+        p,
+        Mat {
+            buf: x,
+            rs: kk as i64,
+            cs: 1,
+        },
+        kk,
+        0,
+    );
     g.batch = n;
     g.offsets = (0..n)
         .map(|i| {
