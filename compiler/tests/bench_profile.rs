@@ -105,7 +105,10 @@ fn refused_settings_exit_2_with_one_line() {
     let m = model();
     let too_many = (allowed_cpus().len() + 1).to_string();
     for (args, needle) in [
-        (vec!["--fast-math", "bf16"], "not implemented yet"),
+        (
+            vec!["--fast-math", "bf16", "--target", "x86-64-v3"],
+            "AMX-BF16 or AVX512-BF16",
+        ),
         (vec!["--cores", "1-x"], "is not a CPU list"),
         (vec!["--cores", "100000"], "is not among the CPUs"),
         (vec!["--threads", "0"], "at least 1"),

@@ -100,7 +100,8 @@ fn a_run_allocates_nothing() {
 fn profiled_steps_sum_to_the_run_time() {
     let _one = SERIAL.lock().unwrap();
     let g = conv_relu();
-    let m = JitModel::compile_profiled(&g, &cpucc_targets::Target::host()).unwrap();
+    let m = JitModel::compile_profiled(&g, &cpucc_targets::Target::host(), &Default::default())
+        .unwrap();
     let plain =
         JitModel::compile(&g, &cpucc_targets::Target::host(), &mut Dumps::default()).unwrap();
     let ins = inputs(&g);

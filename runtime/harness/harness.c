@@ -266,6 +266,7 @@ static const char *run_error(int code) {
     case 1: return "a NULL input or output pointer";
     case 2: return "workspace NULL while the model needs one";
     case 3: return "runtime data error (an index out of range, or a run-time input the code cannot handle)";
+    case 4: return "the kernel refused AMX tile permission (a --fast-math bf16 model; arch_prctl ARCH_REQ_XCOMP_PERM)";
     default: return "unknown error code";
     }
 }

@@ -43,6 +43,13 @@ cpucc_pool *cpucc_pool_create(size_t threads);
    may be running on it. */
 void cpucc_pool_destroy(cpucc_pool *pool);
 
+/* Asks Linux for AMX tile permission for this process (arch_prctl
+   ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA). Returns 0 when granted, -1 when
+   refused. Models compiled with --fast-math bf16 for an AMX target ask at
+   every run themselves (N_run returns 4 when refused); calling this first
+   gives the error before any run. */
+int cpucc_amx_init(void);
+
 #ifdef __cplusplus
 }
 #endif

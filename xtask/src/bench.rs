@@ -2,7 +2,9 @@
 //! runtime pool) against onnxruntime (CPU provider, all graph optimizations)
 //! and, when it installs, OpenVINO (CPU, f32 precision hint) at 1 and 2
 //! threads on the workloads, next to the machine's measured fp32 FMA
-//! peak. Prints a table, writes `target/bench/bench.json` and `bench.svg`.
+//! peak; plus the bf16 columns: `cpucc bench --fast-math bf16` beside
+//! OpenVINO's bf16 inference-precision hint (`-` where the host has no
+//! bf16 instructions). Prints a table, writes `target/bench/bench.json` and `bench.svg`.
 //! Never fails on speed: it is a measurement, not a test.
 
 use std::fmt::Write as _;
@@ -34,6 +36,9 @@ pub struct Args {
     /// Skip OpenVINO even when it is installed.
     #[arg(long)]
     no_openvino: bool,
+    /// Skip the bf16 columns (cpucc --fast-math bf16, OpenVINO bf16 hint).
+    #[arg(long)]
+    no_bf16: bool,
     /// Where the JSON and SVG go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -126,7 +131,16 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         let iters = ((a.budget * 1e3 / guess_ms).round() as usize).clamp(3, 50);
         let warmup = if guess_ms > 1000.0 { 1 } else { 3 };
         for &t in &a.threads {
-            let ours = time_cpucc(&cpucc, &path, w, t, iters, warmup)?;
+            let ours = time_cpucc(&cpucc, &path, w, t, iters, warmup, None)?;
+            // bf16 needs AMX or AVX512-BF16: a failure is a missing column.
+            let ours_bf16 = (!a.no_bf16)
+                .then(|| time_cpucc(&cpucc, &path, w, t, iters, warmup, Some("bf16")).ok())
+                .flatten();
+            let ov_bf16 = if openvino && !a.no_bf16 {
+                time_py(&py, "openvino-bf16", &path, &shapes, t, iters, warmup).ok()
+            } else {
+                None
+            };
             let ort = time_py(&py, "ort", &path, &shapes, t, iters, warmup)?;
             let ov = if openvino {
                 time_py(&py, "openvino", &path, &shapes, t, iters, warmup).ok()
@@ -136,6 +150,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             let row = json!({
                 "workload": w.label, "threads": t, "gflop": flops / 1e9,
                 "iters": iters, "cpucc_ms": ours, "ort_ms": ort, "openvino_ms": ov,
+                "cpucc_bf16_ms": ours_bf16, "openvino_bf16_ms": ov_bf16,
             });
             eprintln!("{row}");
             rows.push(row);
@@ -173,8 +188,19 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     }
     writeln!(
         table,
-        "{:<16} {:>3} {:>10} {:>10} {:>10} {:>8} {:>7} {:>8} {:>8}",
-        "workload", "thr", "cpucc ms", "ort ms", "ov ms", "GFLOP/s", "% peak", "vs ort", "vs ov"
+        "{:<16} {:>3} {:>10} {:>10} {:>10} {:>8} {:>7} {:>8} {:>8} {:>9} {:>9} {:>8}",
+        "workload",
+        "thr",
+        "cpucc ms",
+        "ort ms",
+        "ov ms",
+        "GFLOP/s",
+        "% peak",
+        "vs ort",
+        "vs ov",
+        "bf16 ms",
+        "ov bf16",
+        "bf16/f32"
     )?;
     for r in &mut rows {
         let t = r["threads"].as_u64().unwrap_or(1) as usize;
@@ -187,9 +213,13 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         r["pct_peak"] = json!(pct);
         r["speedup_vs_ort"] = json!(ort / ours);
         r["speedup_vs_openvino"] = json!(ov.map(|v| v / ours));
+        let bf16 = r["cpucc_bf16_ms"].as_f64();
+        let ov_bf16 = r["openvino_bf16_ms"].as_f64();
+        r["bf16_speedup_vs_fp32"] = json!(bf16.map(|b| ours / b));
+        let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
         writeln!(
             table,
-            "{:<16} {:>3} {:>10.2} {:>10.2} {:>10} {:>8.1} {:>6.1}% {:>7.2}x {:>8}",
+            "{:<16} {:>3} {:>10.2} {:>10.2} {:>10} {:>8.1} {:>6.1}% {:>7.2}x {:>8} {:>9} {:>9} {:>8}",
             r["workload"].as_str().unwrap_or(""),
             t,
             ours,
@@ -199,6 +229,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             pct,
             ort / ours,
             ov.map_or("-".into(), |v| format!("{:.2}x", v / ours)),
+            ms(bf16),
+            ms(ov_bf16),
+            bf16.map_or("-".into(), |b| format!("{:.2}x", ours / b)),
         )?;
     }
     // Scaling: 2-thread over 1-thread speedup per engine, per workload.
@@ -281,9 +314,13 @@ fn time_cpucc(
     threads: usize,
     iters: usize,
     warmup: usize,
+    fast_math: Option<&str>,
 ) -> anyhow::Result<f64> {
     let mut cmd = Command::new(cpucc);
     cmd.arg("bench").arg(model).arg("--json");
+    if let Some(f) = fast_math {
+        cmd.args(["--fast-math", f]);
+    }
     cmd.args(["--threads", &threads.to_string()]);
     cmd.args([
         "--iters",

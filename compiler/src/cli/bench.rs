@@ -18,7 +18,7 @@ use cpucc_runtime::placement::{self, PoolOptions};
 use cpucc_runtime::topology::{Topology, format_cpu_list, parse_cpu_list};
 use cpucc_runtime::{Pool, placement::DEFAULT_SPIN};
 
-use super::{ModelArgs, PassArgs};
+use super::{FastMathArgs, ModelArgs, PassArgs};
 use crate::cli::engine;
 
 /// Where the threads run: shared by `bench` and `profile`.
@@ -112,9 +112,8 @@ pub struct Args {
     /// Target; only the host can be timed.
     #[arg(long, default_value = "native")]
     target: String,
-    /// Reduced-precision arithmetic (`bf16`); not implemented yet.
-    #[arg(long, value_parser = ["bf16"])]
-    fast_math: Option<String>,
+    #[command(flatten)]
+    fast_math: FastMathArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -209,12 +208,6 @@ fn progress(done: &AtomicUsize, total: usize, stop: &AtomicBool) {
 }
 
 pub fn main(a: Args) -> Result<()> {
-    if let Some(fm) = &a.fast_math {
-        cpucc::bail!(
-            Unsupported,
-            "--fast-math {fm} is not implemented yet (bf16 kernels are not in this build)"
-        );
-    }
     let target = engine::target(&a.target)?;
     if let Err(why) = target.runs_on_host() {
         cpucc::bail!(Unsupported, "cpucc bench times host code only ({why})");
@@ -225,7 +218,8 @@ pub fn main(a: Args) -> Result<()> {
     let (opts, parts) = a.place.instance_cores(a.instances)?;
     let t0 = Instant::now();
     let (g, inputs) = load(&a.model, &a.passes)?;
-    let m = JitModel::compile(&g, &target, &mut Dumps::default())?;
+    let copts = a.fast_math.options()?;
+    let m = JitModel::compile_with(&g, &target, &copts, &mut Dumps::default())?;
     let compile_s = t0.elapsed().as_secs_f64();
 
     // One untimed run to estimate whether a progress bar is worth it.
@@ -278,6 +272,7 @@ pub fn main(a: Args) -> Result<()> {
             serde_json::json!({
                 "model": a.model.model.display().to_string(),
                 "target": target.name,
+                "fast_math": a.fast_math.fast_math.as_deref().unwrap_or("none"),
                 "cpu_model": cpu,
                 "instances": a.instances,
                 "threads": threads,
@@ -296,8 +291,12 @@ pub fn main(a: Args) -> Result<()> {
         );
     } else {
         println!(
-            "{}: {} instance(s) x {threads} threads on cores {} ({}), {} iters: min {min:.3} ms, median {median:.3} ms, p90 {p90:.3} ms, p99 {p99:.3} ms; {throughput:.1} runs/s (compile {compile_s:.2} s)",
+            "{}{}: {} instance(s) x {threads} threads on cores {} ({}), {} iters: min {min:.3} ms, median {median:.3} ms, p90 {p90:.3} ms, p99 {p99:.3} ms; {throughput:.1} runs/s (compile {compile_s:.2} s)",
             a.model.model.display(),
+            match a.fast_math.fast_math.as_deref() {
+                Some("bf16") => " (fast-math bf16)",
+                _ => "",
+            },
             a.instances,
             cores.join(" | "),
             if opts.pin { "pinned" } else { "not pinned" },

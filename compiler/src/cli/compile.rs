@@ -8,7 +8,7 @@ use cpucc::codegen::{Dumps, artifact};
 use cpucc::{Error, Result, import};
 use cpucc_targets::Target;
 
-use super::{ModelArgs, PassArgs};
+use super::{FastMathArgs, ModelArgs, PassArgs};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Emit {
@@ -46,6 +46,8 @@ pub struct Args {
     )]
     emit: Vec<Emit>,
     #[command(flatten)]
+    fast_math: FastMathArgs,
+    #[command(flatten)]
     passes: PassArgs,
 }
 
@@ -62,7 +64,7 @@ pub fn main(a: Args) -> Result<()> {
         clif: a.emit.contains(&Emit::Clif).then(Vec::new),
         asm: a.emit.contains(&Emit::Asm).then(Vec::new),
     };
-    let art = artifact::compile(&g, &target, &name, &mut dumps)?;
+    let art = artifact::compile_with(&g, &target, &name, &a.fast_math.options()?, &mut dumps)?;
     std::fs::create_dir_all(&a.out_dir).map_err(|e| Error::io(&a.out_dir, e))?;
     let write = |file: String, body: &[u8]| -> Result<()> {
         let p = a.out_dir.join(file);

@@ -5,13 +5,15 @@
 use std::time::Duration;
 
 use cpucc::codegen::jit::JitModel;
-use cpucc::codegen::{Dumps, artifact};
+use cpucc::codegen::{Dumps, Options, artifact};
 use cpucc::ir::{Graph, Tensor, ValueType};
 use cpucc::{Error, Result, cross, interp};
 use cpucc_targets::Target;
 
 /// Relative tolerance (to each output's largest magnitude) of `--check`.
 pub const CHECK_RTOL: f64 = 1e-4;
+/// `--check` under `--fast-math bf16`: least cosine similarity per output.
+pub const CHECK_COSINE: f64 = 0.99;
 
 pub fn target(spec: &str) -> Result<Target> {
     Target::parse(spec).map_err(|e| Error::Invalid(e.to_string()))
@@ -25,14 +27,15 @@ pub fn run_native(
     target: &Target,
     inputs: &[Tensor],
     limit: Duration,
+    opts: &Options,
 ) -> Result<Vec<Tensor>> {
     if target.runs_on_host().is_ok() {
-        let m = JitModel::compile(g, target, &mut Dumps::default())?;
+        let m = JitModel::compile_with(g, target, opts, &mut Dumps::default())?;
         return m.run(inputs);
     }
     let dir = std::env::temp_dir().join(format!("cpucc-run-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let art = artifact::compile(g, target, "model", &mut Dumps::default())?;
+    let art = artifact::compile_with(g, target, "model", opts, &mut Dumps::default())?;
     let (obj, hdr) = (dir.join("model.o"), dir.join("model.h"));
     std::fs::write(&obj, &art.object).map_err(|e| Error::io(&obj, e))?;
     std::fs::write(&hdr, &art.header).map_err(|e| Error::io(&hdr, e))?;
@@ -62,6 +65,41 @@ pub fn diff(a: &Tensor, b: &Tensor) -> (f64, f64) {
         abs = abs.max(if d.is_nan() { f64::INFINITY } else { d });
     }
     (abs, if scale > 0.0 { abs / scale } else { abs })
+}
+
+/// Cosine similarity of two tensors as flat vectors (1 when both are 0).
+pub fn cosine(a: &Tensor, b: &Tensor) -> f64 {
+    let (x, y) = (a.to_f64_vec(), b.to_f64_vec());
+    let (mut xy, mut xx, mut yy) = (0f64, 0f64, 0f64);
+    for (p, q) in x.iter().zip(&y) {
+        xy += p * q;
+        xx += p * p;
+        yy += q * q;
+    }
+    if xx == 0.0 && yy == 0.0 {
+        1.0
+    } else {
+        xy / (xx.sqrt() * yy.sqrt())
+    }
+}
+
+/// `--check` under `--fast-math bf16`: prints the cosine similarity (and
+/// max differences) per output; true when all reach [`CHECK_COSINE`].
+pub fn report_cosine(g: &Graph, native: &[Tensor], reference: &[Tensor]) -> bool {
+    let mut ok = true;
+    for (&v, (n, r)) in g.outputs.iter().zip(native.iter().zip(reference)) {
+        let (abs, rel) = diff(n, r);
+        let cos = cosine(n, r);
+        // NaN fails too.
+        let good = n.shape() == r.shape() && cos >= CHECK_COSINE;
+        ok &= good;
+        println!(
+            "check {}: cosine similarity {cos:.6} (bf16 bound {CHECK_COSINE}), max abs {abs:.3e}, max rel {rel:.3e} {}",
+            g.value(v).name,
+            if good { "ok" } else { "MISMATCH" }
+        );
+    }
+    ok
 }
 
 /// Prints the per-output comparison; true when all are within tolerance.
@@ -108,7 +146,7 @@ pub fn bisect(g: &Graph, target: &Target, inputs: &[Tensor], limit: Duration) ->
         }
     }
     probe.outputs = outs.clone();
-    let native = run_native(&probe, target, inputs, limit)?;
+    let native = run_native(&probe, target, inputs, limit, &Options::default())?;
     let reference = interp::run(&probe, inputs)?;
     for ((&v, n), r) in outs.iter().zip(&native).zip(&reference) {
         let (abs, rel) = diff(n, r);

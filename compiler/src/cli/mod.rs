@@ -79,6 +79,26 @@ impl PassArgs {
     }
 }
 
+/// `--fast-math`: numerics traded for speed.
+#[derive(clap::Args)]
+struct FastMathArgs {
+    /// `bf16`: GEMMs with constant weights (MatMul, Gemm, convolutions)
+    /// multiply in bf16 with f32 accumulation (AMX or AVX512-BF16 targets);
+    /// `--check` then reports cosine similarity.
+    #[arg(long = "fast-math", value_name = "MODE", value_parser = ["bf16", "none"])]
+    fast_math: Option<String>,
+}
+
+impl FastMathArgs {
+    fn options(&self) -> Result<cpucc::codegen::Options> {
+        let fast_math = match &self.fast_math {
+            Some(m) => m.parse()?,
+            None => cpucc::codegen::FastMath::None,
+        };
+        Ok(cpucc::codegen::Options { fast_math })
+    }
+}
+
 impl ModelArgs {
     fn options(&self) -> Result<ImportOptions> {
         let mut o = ImportOptions::default();

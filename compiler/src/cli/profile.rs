@@ -22,7 +22,7 @@ use cpucc::{Error, Result};
 use cpucc_runtime::{Pool, Span, clock};
 
 use super::bench::{PlaceArgs, load, pool_error};
-use super::{ModelArgs, PassArgs};
+use super::{FastMathArgs, ModelArgs, PassArgs};
 use crate::cli::engine;
 
 #[derive(clap::Args)]
@@ -43,6 +43,8 @@ pub struct Args {
     /// Table rows to print (the rest are summed in one line).
     #[arg(long, default_value_t = 30)]
     rows: usize,
+    #[command(flatten)]
+    fast_math: FastMathArgs,
     #[command(flatten)]
     passes: PassArgs,
 }
@@ -80,7 +82,7 @@ pub fn main(a: Args) -> Result<()> {
     let (opts, parts) = a.place.instance_cores(1)?;
     let cores = parts.into_iter().next().expect("one instance");
     let (g, inputs) = load(&a.model, &a.passes)?;
-    let m = JitModel::compile_profiled(&g, &target)?;
+    let m = JitModel::compile_profiled(&g, &target, &a.fast_math.options()?)?;
     let steps = &m.iface.steps;
     // Each step is at most one chunk per thread; a run's worth suffices.
     let pool = Pool::on_cores(cores, opts.pin, opts.spin, steps.len() + 1).map_err(pool_error)?;

@@ -7,11 +7,12 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use cpucc::codegen::FastMath;
 use cpucc::ir::{Tensor, ValueType};
 use cpucc::random::SplitMix64;
 use cpucc::{Error, Result, import, interp, io};
 
-use super::{ModelArgs, PassArgs};
+use super::{FastMathArgs, ModelArgs, PassArgs};
 use crate::cli::engine;
 
 #[derive(clap::Args)]
@@ -39,6 +40,8 @@ pub struct Args {
     /// (emulation is 10-100x slower than the hardware).
     #[arg(long, value_name = "SECS", default_value_t = 1800)]
     timeout: u64,
+    #[command(flatten)]
+    fast_math: FastMathArgs,
     #[command(flatten)]
     passes: PassArgs,
     /// Seed for generated inputs when none are given.
@@ -90,10 +93,15 @@ pub fn main(a: Args) -> Result<()> {
         let mut opt = g.clone();
         a.passes.run(&mut opt)?;
         let limit = std::time::Duration::from_secs(a.timeout);
-        let native = engine::run_native(&opt, &target, &inputs, limit)?;
+        let copts = a.fast_math.options()?;
+        let native = engine::run_native(&opt, &target, &inputs, limit, &copts)?;
         if a.check {
             let reference = interp::run(&g, &inputs)?;
-            if !engine::report_diff(&g, &native, &reference) {
+            if copts.fast_math == FastMath::Bf16 {
+                if !engine::report_cosine(&g, &native, &reference) {
+                    std::process::exit(1);
+                }
+            } else if !engine::report_diff(&g, &native, &reference) {
                 engine::bisect(&g, &target, &inputs, limit)?;
                 std::process::exit(1);
             }

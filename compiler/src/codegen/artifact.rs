@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use cranelift_object::{ObjectBuilder, ObjectModule};
 
-use super::{Dumps, Interface, Target, isa, lower_graph};
+use super::{Dumps, Interface, Options, Target, isa, lower_graph};
 use crate::error::{Error, Result};
 use crate::ir::{DType, Graph};
 
@@ -17,6 +17,17 @@ pub struct Artifact {
 }
 
 pub fn compile(g: &Graph, target: &Target, name: &str, dumps: &mut Dumps) -> Result<Artifact> {
+    compile_with(g, target, name, &Options::default(), dumps)
+}
+
+/// As [`compile`], with code generation options (e.g. `--fast-math bf16`).
+pub fn compile_with(
+    g: &Graph,
+    target: &Target,
+    name: &str,
+    opts: &Options,
+    dumps: &mut Dumps,
+) -> Result<Artifact> {
     if name.is_empty()
         || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         || name.starts_with(|c: char| c.is_ascii_digit())
@@ -31,7 +42,7 @@ pub fn compile(g: &Graph, target: &Target, name: &str, dumps: &mut Dumps) -> Res
     )
     .map_err(|e| Error::Internal(format!("object builder: {e}")))?;
     let mut module = ObjectModule::new(builder);
-    let (iface, _) = lower_graph(g, &mut module, target, name, dumps, false)?;
+    let (iface, _) = lower_graph(g, &mut module, target, name, dumps, false, opts)?;
     let object = module
         .finish()
         .emit()
@@ -131,7 +142,8 @@ pub fn header(i: &Interface) -> String {
    tensors in the order above; pool may be NULL. Safe to call from several
    threads at once with separate workspaces. Returns 0 on success,
    1 if a buffer pointer is NULL, 2 if the workspace is NULL,
-   3 if an index in the input data is out of range. */
+   3 if an index in the input data is out of range, 4 if the model uses AMX
+   tiles (--fast-math bf16) and the kernel refused their permission. */
 int {n}_run(const void *const *inputs, void *const *outputs, void *workspace, const cpucc_pool *pool);\n\n#endif"
     );
     s

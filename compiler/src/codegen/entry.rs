@@ -25,6 +25,8 @@ pub const RC_NULL_BUFFER: i64 = 1;
 pub const RC_NO_WORKSPACE: i64 = 2;
 /// Kernels write this status into the workspace's first word.
 pub const RC_DATA: i64 = 3;
+/// A model with AMX kernels could not get tile permission from the kernel.
+pub const RC_NO_AMX: i64 = 4;
 
 /// Byte offsets of `cpucc_pool` fields.
 const POOL_CTX: i32 = 0;
@@ -35,6 +37,8 @@ pub struct Entry {
     pub workspace: FuncId,
     /// Data objects of at least a huge page (see `Lower::large_data`).
     pub large_data: Vec<cranelift_module::DataId>,
+    /// Kernels use AMX tiles (`N_run` asks for permission first).
+    pub uses_amx: bool,
 }
 
 pub fn emit(
@@ -50,6 +54,11 @@ pub fn emit(
     let ticks = match profile_offset {
         Some(_) => Some(ticks_function(lw, name)?),
         None => None,
+    };
+    let amx_perm = if lw.uses_amx {
+        Some(super::kernels::amx_permission_function(lw)?)
+    } else {
+        None
     };
     let mut sig = Signature::new(cc);
     for _ in 0..4 {
@@ -96,6 +105,15 @@ pub fn emit(
         if workspace_bytes > 0 {
             let c = b.ins().icmp_imm_s(IntCC::Equal, ws, 0);
             fail(&mut b, c, RC_NO_WORKSPACE);
+        }
+        if let Some(f) = amx_perm {
+            // Permission is per process and idempotent: one cheap syscall per
+            // run keeps objects self-contained (no runtime call needed).
+            let f = lw.module.declare_func_in_func(f, b.func);
+            let call = b.ins().call(f, &[]);
+            let r = b.inst_results(call)[0];
+            let c = b.ins().icmp_imm_s(IntCC::NotEqual, r, 0);
+            fail(&mut b, c, RC_NO_AMX);
         }
         if lw.steps.iter().any(|s| s.checks) {
             let z = b.ins().iconst(I64, 0);
@@ -205,6 +223,7 @@ pub fn emit(
         run,
         workspace,
         large_data: std::mem::take(&mut lw.large_data),
+        uses_amx: lw.uses_amx,
     })
 }
 

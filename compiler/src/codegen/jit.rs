@@ -6,7 +6,7 @@
 use cpucc_runtime::Arena;
 use cranelift_jit::{JITBuilder, JITModule};
 
-use super::{Dumps, Interface, Target, isa, lower_graph};
+use super::{Dumps, Interface, Options, Target, isa, lower_graph};
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Tensor};
 
@@ -29,20 +29,41 @@ unsafe impl Sync for JitModel {}
 
 impl JitModel {
     pub fn compile(g: &Graph, target: &Target, dumps: &mut Dumps) -> Result<JitModel> {
-        JitModel::build(g, target, dumps, false)
+        JitModel::build(g, target, dumps, false, &Options::default())
+    }
+
+    /// Compiles with `opts` (e.g. `--fast-math bf16`).
+    pub fn compile_with(
+        g: &Graph,
+        target: &Target,
+        opts: &Options,
+        dumps: &mut Dumps,
+    ) -> Result<JitModel> {
+        JitModel::build(g, target, dumps, false, opts)
     }
 
     /// Compiles with per-step tick counts (see `Interface::profile_offset`
     /// and [`Session::step_ticks`]).
-    pub fn compile_profiled(g: &Graph, target: &Target) -> Result<JitModel> {
-        JitModel::build(g, target, &mut Dumps::default(), true)
+    pub fn compile_profiled(g: &Graph, target: &Target, opts: &Options) -> Result<JitModel> {
+        JitModel::build(g, target, &mut Dumps::default(), true, opts)
     }
 
-    fn build(g: &Graph, target: &Target, dumps: &mut Dumps, profile: bool) -> Result<JitModel> {
+    fn build(
+        g: &Graph,
+        target: &Target,
+        dumps: &mut Dumps,
+        profile: bool,
+        opts: &Options,
+    ) -> Result<JitModel> {
         let isa = isa::build(target, false)?;
         let builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
         let mut module = JITModule::new(builder);
-        let (iface, ent) = lower_graph(g, &mut module, target, "model", dumps, profile)?;
+        let (iface, ent) = lower_graph(g, &mut module, target, "model", dumps, profile, opts)?;
+        if ent.uses_amx {
+            // A clear error now rather than status 4 from every run.
+            cpucc_runtime::amx::request_permission()
+                .map_err(|e| Error::Unsupported(format!("--fast-math bf16 (AMX): {e}")))?;
+        }
         module
             .finalize_definitions()
             .map_err(|e| Error::Internal(format!("JIT finalize: {e}")))?;
@@ -178,6 +199,10 @@ impl Session<'_> {
         };
         match rc {
             0 => Ok(()),
+            super::RC_NO_AMX_I32 => bail!(
+                Unsupported,
+                "run failed: the kernel refused AMX tile permission (arch_prctl ARCH_REQ_XCOMP_PERM)"
+            ),
             super::RC_DATA_I32 => bail!(
                 Invalid,
                 "run failed: a run-time input was out of range (an index, or a Dropout ratio/training_mode the compiled code cannot handle)"

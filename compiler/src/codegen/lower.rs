@@ -22,6 +22,15 @@ pub enum Buf {
     Data(DataId),
 }
 
+/// The bf16 matrix instructions `--fast-math bf16` lowers GEMMs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Isa {
+    /// AMX tiles (`tdpbf16ps`).
+    Amx,
+    /// AVX512-BF16 (`vdpbf16ps`).
+    Avx512,
+}
+
 /// One kernel call of the entry function.
 pub struct Step {
     pub func: FuncId,
@@ -82,6 +91,15 @@ pub struct Lower<'m> {
     /// Read-only data objects of at least a huge page (weights), which the
     /// JIT advises for transparent huge pages.
     pub large_data: Vec<DataId>,
+    /// `--fast-math bf16`: the instructions bf16 GEMMs use.
+    pub bf16: Option<Bf16Isa>,
+    /// Weight panels packed for the bf16 GEMM (`kernels/bf16gemm.rs`).
+    pub bf16_packed: Vec<Buf>,
+    /// Some kernel uses AMX tiles: `N_run` asks the kernel for permission.
+    pub uses_amx: bool,
+    /// The current node's bf16 GEMM scratch (offset, bytes), shared by its
+    /// GEMM steps, which run one after another.
+    pub bf16_scratch: Option<(Buf, usize)>,
 }
 
 /// Workspace bytes reserved for the status word kernels set on run-time
@@ -110,6 +128,10 @@ impl<'m> Lower<'m> {
             node_tag: String::new(),
             sources: Vec::new(),
             large_data: Vec::new(),
+            bf16: None,
+            bf16_packed: Vec::new(),
+            uses_amx: false,
+            bf16_scratch: None,
         }
     }
 
@@ -243,6 +265,7 @@ impl<'m> Lower<'m> {
     pub fn begin_node(&mut self, tag: &str, source: Source) {
         self.sources.push(source);
         self.scratch_top = 0;
+        self.bf16_scratch = None;
         self.node_tag = tag
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })

@@ -21,10 +21,11 @@ use cranelift_module::Module;
 use crate::error::{Error, Result};
 use crate::ir::{Graph, ValueId, ValueType};
 use crate::passes::plan::{self, Slot};
-pub use entry::{RC_DATA, RC_NO_WORKSPACE, RC_NULL_BUFFER};
+pub use entry::{RC_DATA, RC_NO_AMX, RC_NO_WORKSPACE, RC_NULL_BUFFER};
 const RC_DATA_I32: i32 = RC_DATA as i32;
+const RC_NO_AMX_I32: i32 = RC_NO_AMX as i32;
 use kernels::NodeCx;
-pub use lower::Source;
+pub use lower::{Bf16Isa, Source};
 use lower::{Buf, Lower, Operand, STATUS_BYTES};
 
 /// Inspection output requested with `--emit clif` / `--emit asm`.
@@ -32,6 +33,35 @@ use lower::{Buf, Lower, Operand, STATUS_BYTES};
 pub struct Dumps {
     pub clif: Option<Vec<(String, String)>>,
     pub asm: Option<Vec<(String, String)>>,
+}
+
+/// Numerics the compiler may trade for speed (`--fast-math`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FastMath {
+    /// Exact f32 (the default).
+    #[default]
+    None,
+    /// GEMMs with constant weights (MatMul, Gemm, NHWC convolutions) take
+    /// bf16 inputs with f32 accumulation: AMX tiles where the target has
+    /// AMX-BF16, else AVX512-BF16 `vdpbf16ps`.
+    Bf16,
+}
+
+impl std::str::FromStr for FastMath {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<FastMath> {
+        match s {
+            "none" | "off" => Ok(FastMath::None),
+            "bf16" => Ok(FastMath::Bf16),
+            other => bail!(Invalid, "--fast-math {other:?}: expected bf16 or none"),
+        }
+    }
+}
+
+/// Code generation options beyond the target.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    pub fast_math: FastMath,
 }
 
 /// A compiled model's interface: tensor names and types, workspace size.
@@ -60,11 +90,17 @@ pub fn lower_graph(
     name: &str,
     dumps: &mut Dumps,
     profile: bool,
+    opts: &Options,
 ) -> Result<(Interface, entry::Entry)> {
+    let bf16 = match opts.fast_math {
+        FastMath::None => None,
+        FastMath::Bf16 => Some(kernels::bf16_isa(target)?),
+    };
     let plan = plan::plan(g)?;
     let fma = isa::has_fma(target);
     let mut lw = Lower::new(module, name, fma);
     lw.avx512 = isa::has_avx512(target);
+    lw.bf16 = bf16;
     lw.l1d = target.caches.l1d;
     lw.clif = dumps.clif.take();
     lw.asm = dumps.asm.take();

@@ -13,6 +13,7 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{F32, F32X4};
 
 use super::NodeCx;
+use super::bf16gemm;
 use super::gemm::{self, Gemm, Mat};
 use super::linalg::{ConvGeom, activation, conv_geom_of};
 use crate::codegen::builder::mem;
@@ -105,9 +106,12 @@ pub fn lower(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
             cs: 1,
         };
         let g = gemm_for(n * p, a, c, 0);
-        let nr = gemm::panel_width(lw, &g);
-        let packed = lw.data(gemm::pack_const(&bmat, kk, o, o, 1, nr))?;
+        let packed = gemm::pack_weights(lw, &g, &bmat, &[0], kk, o, o, 1)?;
         return gemm::run(lw, &g, packed);
+    }
+    if let Some((g, geo)) = bf16_gather(lw, &gemm_for, x.buf, (n, h, wd, c), ow, &geo) {
+        let packed = gemm::pack_weights(lw, &g, &bmat, &[0], kk, o, o, 1)?;
+        return bf16gemm::conv(lw, &g, packed, &geo);
     }
     let cols = lw.scratch(p * kk * 4);
     let a = Mat {
@@ -115,14 +119,58 @@ pub fn lower(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
         rs: kk as i64,
         cs: 1,
     };
-    let nr = gemm::panel_width(lw, &gemm_for(p, a.clone(), kk, 0));
-    let packed = lw.data(gemm::pack_const(&bmat, kk, o, o, 1, nr))?;
+    let packed = gemm::pack_weights(lw, &gemm_for(p, a.clone(), kk, 0), &bmat, &[0], kk, o, o, 1)?;
     for img in 0..n {
         im2col(lw, x.buf, img, (h, wd, c), (oh, ow), &geo, cols)?;
         let off = (img * p * o) as i64;
         gemm::run(lw, &gemm_for(p, a.clone(), kk, off), packed)?;
     }
     Ok(())
+}
+
+/// `--fast-math bf16`: the GEMM over all images whose A rows the bf16
+/// kernel gathers from the NHWC input itself (no f32 im2col).
+fn bf16_gather(
+    lw: &Lower,
+    gemm_for: &dyn Fn(usize, Mat, usize, i64) -> Gemm,
+    x: Buf,
+    (n, h, wd, c): (usize, usize, usize, usize),
+    ow: usize,
+    geo: &ConvGeom,
+) -> Option<(Gemm, bf16gemm::Im2col)> {
+    let kk = geo.kernel[0] * geo.kernel[1] * c;
+    let p = geo.out_sp[0] * geo.out_sp[1];
+    let mut g = gemm_for(
+        p,
+        Mat {
+            buf: x,
+            rs: kk as i64,
+            cs: 1,
+        },
+        kk,
+        0,
+    );
+    g.batch = n;
+    g.offsets = (0..n)
+        .map(|i| {
+            let out = (i * p * g.n) as i64;
+            [(i * h * wd * c) as i64, 0, out, 0, out]
+        })
+        .collect();
+    let pair = |v: &[usize]| [v[0], v[1]];
+    bf16gemm::fits(lw, &g).then(|| {
+        let im = bf16gemm::Im2col {
+            h,
+            w: wd,
+            c,
+            ow,
+            kernel: pair(&geo.kernel),
+            strides: pair(&geo.strides),
+            dil: pair(&geo.dil),
+            pad0: pair(&geo.pad0),
+        };
+        (g, im)
+    })
 }
 
 /// Gathers image `img`'s im2col rows into `cols` (`[OH*OW, KH*KW*C]`):

@@ -17,7 +17,7 @@ use cranelift_codegen::ir::types::{F32, F32X4, I64};
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::elementwise::{gelu, hard_sigmoid};
-use super::{math, zgemm};
+use super::{bf16gemm, math, zgemm};
 use crate::codegen::builder::{Kb, mem};
 use crate::codegen::lower::{Buf, Lower};
 use crate::error::Result;
@@ -110,9 +110,40 @@ pub fn panel_width(lw: &Lower, g: &Gemm) -> usize {
     if zgemm::fits(lw, g) { zgemm::ZNR } else { NR }
 }
 
-/// C = epilogue(A · packed B), `packed` in `panel_width(lw, g)` panels.
+/// Packs the constant B (`b[o + kk * rs + j * cs]`, one panel set per
+/// batch offset `o`) into read-only data for the kernel `run` will pick:
+/// bf16 panels under `--fast-math bf16` (`bf16gemm`), else f32 panels of
+/// `panel_width(lw, g)` columns.
+#[allow(clippy::too_many_arguments)]
+pub fn pack_weights(
+    lw: &mut Lower,
+    g: &Gemm,
+    b: &[f32],
+    offs: &[i64],
+    k: usize,
+    n: usize,
+    rs: usize,
+    cs: usize,
+) -> Result<Buf> {
+    if bf16gemm::fits(lw, g) {
+        let buf = lw.data(bf16gemm::pack(b, offs, k, n, rs, cs))?;
+        lw.bf16_packed.push(buf);
+        return Ok(buf);
+    }
+    let nr = panel_width(lw, g);
+    let mut bytes = Vec::new();
+    for &o in offs {
+        bytes.extend(pack_const(&b[o as usize..], k, n, rs, cs, nr));
+    }
+    lw.data(bytes)
+}
+
+/// C = epilogue(A · packed B), `packed` in `panel_width(lw, g)` panels
+/// (or from `pack_weights`).
 pub fn run(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
-    if zgemm::fits(lw, g) {
+    if lw.bf16_packed.contains(&packed) {
+        bf16gemm::compute(lw, g, packed)
+    } else if zgemm::fits(lw, g) {
         zgemm::compute(lw, g, packed)
     } else {
         compute(lw, g, packed)

@@ -42,29 +42,18 @@ pub fn activation(a: &Attrs) -> Result<Act> {
 /// and returns the panels' buffer. `offs[b]` is batch b's element offset.
 fn pack_b(
     lw: &mut Lower,
+    g: &Gemm,
     konst: Option<&Tensor>,
     m: &Mat,
     offs: &[i64],
-    k: usize,
-    n: usize,
-    nr: usize,
+    (k, n): (usize, usize),
 ) -> Result<Buf> {
     if let Some(t) = konst {
         let data: Vec<f32> = t.to_f64_vec().into_iter().map(|x| x as f32).collect();
-        let mut bytes = Vec::new();
-        for &o in offs {
-            let slice = &data[o as usize..];
-            bytes.extend(gemm::pack_const(
-                slice,
-                k,
-                n,
-                m.rs as usize,
-                m.cs as usize,
-                nr,
-            ));
-        }
-        return lw.data(bytes);
+        let (rs, cs) = (m.rs as usize, m.cs as usize);
+        return gemm::pack_weights(lw, g, &data, offs, k, n, rs, cs);
     }
+    let nr = gemm::panel_width(lw, g);
     let dst = lw.scratch(offs.len() * gemm::packed_bytes(n, k, nr));
     gemm::pack_runtime(lw, m, offs, k, n, nr, dst)?;
     Ok(dst)
@@ -174,8 +163,7 @@ fn matmul(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
             .map(|i| [aoff[i], i as i64, coff[i], 0, coff[i]])
             .collect(),
     };
-    let nr = gemm::panel_width(lw, &g);
-    let packed = pack_b(lw, cx.consts[1], &bm, &boff, k, n, nr)?;
+    let packed = pack_b(lw, &g, cx.consts[1], &bm, &boff, (k, n))?;
     gemm::run(lw, &g, packed)
 }
 
@@ -255,8 +243,7 @@ fn gemm_op(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
         act: activation(cx.attrs())?,
         offsets: vec![[0; 5]],
     };
-    let nr = gemm::panel_width(lw, &g);
-    let packed = pack_b(lw, cx.consts[1], &bm, &[0], k, n, nr)?;
+    let packed = pack_b(lw, &g, cx.consts[1], &bm, &[0], (k, n))?;
     gemm::run(lw, &g, packed)
 }
 

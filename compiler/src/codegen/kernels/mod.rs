@@ -1,11 +1,14 @@
 //! Op lowering: the table from op name to the function that emits its
 //! kernels. An op missing here is a compile error naming the node and op.
 
+mod amx;
 mod attention;
+mod bf16gemm;
 mod chain;
 mod conv_nhwc;
 mod conv_transpose;
 mod det;
+mod dpbf16;
 mod einsum;
 mod elementwise;
 mod gemm;
@@ -31,7 +34,7 @@ mod zgemm;
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use super::lower::{Lower, Operand};
+use super::lower::{Bf16Isa, Lower, Operand};
 use super::nest::{self, Access};
 use crate::error::{Error, Result};
 use crate::ir::{Attrs, Node, Tensor};
@@ -114,6 +117,34 @@ pub fn lower(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
         return nhwc::adapt(lw, cx, f);
     }
     f(lw, cx)
+}
+
+/// The bf16 instructions `--fast-math bf16` uses on `target`, or why it
+/// cannot.
+pub fn bf16_isa(target: &cpucc_targets::Target) -> Result<Bf16Isa> {
+    use target_lexicon::Architecture;
+    match target.triple.architecture {
+        Architecture::X86_64 if target.has("amx-bf16") && target.has("avx512bf16") => {
+            Ok(Bf16Isa::Amx)
+        }
+        Architecture::X86_64 if target.has("avx512bf16") => Ok(Bf16Isa::Avx512),
+        Architecture::X86_64 => bail!(
+            Unsupported,
+            "--fast-math bf16 needs AMX-BF16 or AVX512-BF16; target '{}' has neither (e.g. sapphirerapids, znver4, or +avx512bf16)",
+            target.name
+        ),
+        _ => bail!(
+            Unsupported,
+            "--fast-math bf16 is not implemented yet for {} (target '{}')",
+            target.triple.architecture,
+            target.name
+        ),
+    }
+}
+
+/// `() -> i64` machine code asking the kernel for AMX permission.
+pub fn amx_permission_function(lw: &mut Lower) -> Result<cranelift_module::FuncId> {
+    amx::permission_function(lw)
 }
 
 /// Ops whose kernels read and write channels-last data themselves.
