@@ -5,7 +5,8 @@
 //! depth block (1, odd, just past a block), constant and run-time B,
 //! batches with broadcasting, bias of every shape, residual, activations
 //! done in registers and after the store; channels-last convolutions
-//! lowered as one GEMM over the weights.
+//! lowered as one GEMM over the weights (im2col blocks on the stack), the
+//! channel-vectorized depthwise kernel and channels-last global pooling.
 
 use cpucc::codegen::jit::JitModel;
 use cpucc::codegen::{Dumps, Target};
@@ -246,8 +247,9 @@ type NhwcCase = (
 fn channels_last_conv_as_gemm() {
     let mut rng = SplitMix64::new(6);
     // (N, C, H, W, O, kernel, stride, pads, dilation, group)
-    let cases: [NhwcCase; 8] = [
+    let cases: [NhwcCase; 9] = [
         (2, 16, 5, 7, 33, 1, 1, [0; 4], 1, 1),
+        (2, 4, 20, 17, 35, 3, 1, [1; 4], 1, 1),
         (1, 8, 9, 9, 20, 1, 2, [0; 4], 1, 1),
         (1, 3, 11, 10, 17, 3, 1, [1; 4], 1, 1),
         (2, 5, 12, 9, 40, 3, 2, [1; 4], 1, 1),
@@ -289,5 +291,150 @@ fn channels_last_conv_as_gemm() {
             );
         }
         check("Conv", 13, &geo, vec![In(x), Const(wt)]);
+    }
+}
+
+/// (N, C, H, W, KH, KW, stride, pads, dilation)
+type DwCase = (
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    [i64; 4],
+    i64,
+);
+
+/// Channels-last depthwise convolutions (the channel-vectorized kernel):
+/// channel counts with and without a scalar tail, strides, asymmetric
+/// padding, dilation, non-square kernels, inputs narrower than the kernel
+/// (no interior columns) and more taps than stay in registers.
+#[test]
+fn channels_last_depthwise_conv() {
+    let mut rng = SplitMix64::new(7);
+    let cases: [DwCase; 9] = [
+        (1, 8, 9, 11, 3, 3, 1, [1; 4], 1),
+        (2, 5, 10, 9, 3, 3, 2, [1; 4], 1),
+        (1, 32, 7, 8, 3, 3, 2, [0, 1, 1, 0], 1),
+        (1, 12, 12, 10, 5, 5, 2, [2; 4], 1),
+        (1, 6, 9, 9, 3, 3, 1, [2; 4], 2),
+        (1, 7, 6, 3, 3, 5, 1, [1, 2, 1, 2], 1),
+        (1, 4, 5, 2, 3, 3, 1, [0, 0, 0, 1], 1),
+        (1, 9, 11, 12, 7, 7, 1, [3; 4], 1),
+        (2, 3, 4, 4, 1, 1, 1, [0; 4], 1),
+    ];
+    for (n, c, h, w, kh, kw, s, pads, d) in cases {
+        let x = data(&mut rng, &[n, h, w, c]);
+        let wt = data(&mut rng, &[c, 1, kh, kw]);
+        let b = data(&mut rng, &[c]);
+        let oh = ((h as i64 + pads[0] + pads[2] - (kh as i64 - 1) * d - 1) / s as i64 + 1) as usize;
+        let ow = ((w as i64 + pads[1] + pads[3] - (kw as i64 - 1) * d - 1) / s as i64 + 1) as usize;
+        let res = data(&mut rng, &[n, oh, ow, c]);
+        let geo = [
+            ("strides", Attr::Ints(vec![s as i64; 2])),
+            ("pads", Attr::Ints(pads.to_vec())),
+            ("dilations", Attr::Ints(vec![d; 2])),
+            ("group", Attr::Int(c as i64)),
+            ("layout", Attr::String("NHWC".into())),
+        ];
+        let relu6 = [
+            act("Clip"),
+            ("act_alpha", Attr::Float(0.0)),
+            ("act_beta", Attr::Float(6.0)),
+        ];
+        let acts: Vec<Vec<(&str, Attr)>> = vec![vec![], relu6.to_vec(), vec![act("HardSwish")]];
+        for a in acts {
+            let mut attrs = geo.to_vec();
+            attrs.extend(a);
+            check(
+                "cpucc.FusedConv",
+                13,
+                &attrs,
+                vec![
+                    In(x.clone()),
+                    Const(wt.clone()),
+                    Const(b.clone()),
+                    In(res.clone()),
+                ],
+            );
+        }
+        check("Conv", 13, &geo, vec![In(x.clone()), Const(wt.clone())]);
+        check("Conv", 13, &geo, vec![In(x), Const(wt), In(b)]);
+    }
+}
+
+#[test]
+fn channels_last_global_average_pool() {
+    let mut rng = SplitMix64::new(8);
+    for shape in [[1, 7, 7, 70], [2, 3, 5, 3], [1, 1, 1, 129]] {
+        let x = data(&mut rng, &shape);
+        let attrs = [("layout", Attr::String("NHWC".into()))];
+        check("GlobalAveragePool", 13, &attrs, vec![In(x)]);
+    }
+}
+
+/// Channels-last MaxPool (the depthwise kernel's window walk with max):
+/// padding, strides, dilation, ceil_mode and non-square windows.
+#[test]
+fn channels_last_max_pool() {
+    let mut rng = SplitMix64::new(9);
+    // (shape NHWC, kernel, strides, pads, dilations, ceil_mode)
+    let cases: [([usize; 4], [i64; 2], [i64; 2], [i64; 4], [i64; 2], i64); 5] = [
+        ([1, 12, 11, 8], [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], 0),
+        ([2, 6, 6, 5], [2, 2], [2, 2], [0, 0, 0, 0], [1, 1], 0),
+        ([1, 7, 8, 4], [3, 2], [2, 2], [0, 1, 1, 0], [1, 1], 1),
+        ([1, 9, 9, 6], [3, 3], [1, 1], [2, 2, 2, 2], [2, 2], 0),
+        ([1, 4, 3, 17], [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 0),
+    ];
+    for (shape, k, s, p, d, ceil) in cases {
+        let x = data(&mut rng, &shape);
+        let attrs = [
+            ("kernel_shape", Attr::Ints(k.to_vec())),
+            ("strides", Attr::Ints(s.to_vec())),
+            ("pads", Attr::Ints(p.to_vec())),
+            ("dilations", Attr::Ints(d.to_vec())),
+            ("ceil_mode", Attr::Int(ceil)),
+            ("layout", Attr::String("NHWC".into())),
+        ];
+        check("MaxPool", 12, &attrs, vec![In(x)]);
+    }
+}
+
+/// The layout transposes (NCHW <-> NHWC as tiled 2-D transposes), with
+/// column counts that are and are not multiples of the 16-wide tile.
+#[test]
+fn layout_transposes() {
+    let mut rng = SplitMix64::new(10);
+    for (shape, perm) in [
+        ([2, 5, 3, 7], [0, 2, 3, 1]),
+        ([1, 16, 4, 8], [0, 2, 3, 1]),
+        ([2, 3, 7, 17], [0, 3, 1, 2]),
+        ([1, 20, 30, 32], [0, 3, 1, 2]),
+    ] {
+        let x = data(&mut rng, &shape);
+        let attrs = [("perm", Attr::Ints(perm.to_vec()))];
+        check("Transpose", 13, &attrs, vec![In(x)]);
+    }
+}
+
+/// Attention's score, softmax and value loops: key counts around the
+/// four-key step and head sizes around the sixteen-column step.
+#[test]
+fn attention_blocked_loops() {
+    let mut rng = SplitMix64::new(11);
+    for (s, t, d) in [(3, 7, 20), (5, 8, 16), (2, 13, 35), (1, 1, 3)] {
+        let q = data(&mut rng, &[2, 3, s, d]);
+        let k = data(&mut rng, &[2, 3, t, d]);
+        let v = data(&mut rng, &[2, 3, t, d]);
+        check(
+            "Attention",
+            23,
+            &[],
+            vec![In(q.clone()), In(k.clone()), In(v.clone())],
+        );
+        let mask = data(&mut rng, &[s, t]);
+        check("Attention", 23, &[], vec![In(q), In(k), In(v), In(mask)]);
     }
 }

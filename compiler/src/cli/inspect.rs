@@ -1,8 +1,11 @@
 //! `cpucc inspect`: the IR text and a summary, optionally after the passes
-//! (`--after PASS`, `--passes a,b,c`), or the per-pass report (`--stats`).
+//! (`--after PASS`, `--passes a,b,c`), the per-pass report (`--stats`), or
+//! the kernel the host compilation picked for each node (`--kernels`).
 
 use std::time::Duration;
 
+use cpucc::codegen::Dumps;
+use cpucc::codegen::jit::JitModel;
 use cpucc::passes::{self, PassReport};
 use cpucc::{import, ir};
 
@@ -23,6 +26,10 @@ pub struct Args {
     /// times, and the memory plan's arena size, instead of the IR.
     #[arg(long)]
     stats: bool,
+    /// Compile for the host and print, per node, the kernels chosen for it
+    /// from its shapes (tile, blocking, thread split).
+    #[arg(long)]
+    kernels: bool,
 }
 
 pub fn main(a: Args) -> cpucc::Result<()> {
@@ -41,10 +48,19 @@ pub fn main(a: Args) -> cpucc::Result<()> {
         };
         pipeline.truncate(i + 1);
     }
-    let run_passes = a.after.is_some() || a.passes.is_some() || a.stats;
+    let run_passes = a.after.is_some() || a.passes.is_some() || a.stats || a.kernels;
     let mut reports = vec![PassReport::measure("(import)", &g, Duration::ZERO)];
     if run_passes {
         reports.extend(passes::run_pipeline(&mut g, &pipeline)?);
+    }
+    if a.kernels {
+        let target = super::engine::target("native")?;
+        let m = JitModel::compile(&g, &target, &mut Dumps::default())?;
+        for s in &m.iface.sources {
+            let kernel = if s.kernel.is_empty() { "clif" } else { &s.kernel };
+            println!("{:<40} {:<22} {kernel}", s.node, s.op);
+        }
+        return Ok(());
     }
     if a.stats {
         let plan = passes::plan::plan(&g)?;

@@ -55,6 +55,12 @@ pub fn build(target: &Target, pic: bool) -> Result<OwnedTargetIsa> {
         },
     )?;
     set(&mut shared, "preserve_frame_pointers", "true")?;
+    if triple.architecture == Architecture::X86_64 {
+        // Kernels with stack buffers (blocked convolution) have frames
+        // larger than a guard page: probe them page by page.
+        set(&mut shared, "enable_probestack", "true")?;
+        set(&mut shared, "probestack_strategy", "inline")?;
+    }
     let mut b = isa::lookup(triple.clone())
         .map_err(|e| Error::Unsupported(format!("no code generator for {triple}: {e}")))?;
     let table = match triple.architecture {

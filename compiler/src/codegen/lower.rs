@@ -54,6 +54,9 @@ pub struct Source {
     pub fused: Vec<String>,
     /// Multiply-accumulates of one run (`ir::stats`).
     pub macs: u64,
+    /// The kernels the node was lowered to, as the lowering chose them
+    /// from the shapes (`cpucc inspect --kernels`, `cpucc profile`).
+    pub kernel: String,
 }
 
 /// A tensor operand of a node: where it lives and its type.
@@ -259,6 +262,20 @@ impl<'m> Lower<'m> {
         self.scratch_top += bytes.div_ceil(64) * 64;
         self.scratch_max = self.scratch_max.max(self.scratch_top);
         Buf::Work(self.scratch_base + off)
+    }
+
+    /// Records the kernel choice for the current node (once per distinct
+    /// description).
+    pub fn note_kernel(&mut self, what: impl Into<String>) {
+        let what = what.into();
+        if let Some(s) = self.sources.last_mut()
+            && !s.kernel.split("; ").any(|k| k == what)
+        {
+            if !s.kernel.is_empty() {
+                s.kernel.push_str("; ");
+            }
+            s.kernel.push_str(&what);
+        }
     }
 
     /// Starts a node: its steps are attributed to `source`.

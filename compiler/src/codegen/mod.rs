@@ -150,6 +150,7 @@ pub fn lower_graph(
                 op: node.op.clone(),
                 fused: node.fused.clone(),
                 macs: crate::ir::node_macs(g, node),
+                kernel: String::new(),
             },
         );
         if node
@@ -207,6 +208,7 @@ pub fn lower_graph(
                     op: "copy".to_string(),
                     fused: Vec::new(),
                     macs: 0,
+                    kernel: String::new(),
                 },
             );
             let ty = g.value(v).ty.clone();

@@ -225,9 +225,8 @@ fn attention(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
             let live = kb.var(I8, no);
             let z = kb.i(0);
             let tj = kb.i(total as i64);
-            kb.for_range(z, tj, 1, |kb, j| {
-                let krow = kb.gep(kbase, j, kr.sj * 4);
-                let d = dot(kb, qrow, krow, dh);
+            // Logit of key j from its dot product with the query.
+            let score = |kb: &mut Kb, j: Value, d: Value| {
                 let sc = kb.b.ins().f32const(scale as f32);
                 let mut x = kb.b.ins().fmul(d, sc);
                 if softcap > 0.0 {
@@ -309,6 +308,21 @@ fn attention(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
                 let m = kb.b.use_var(maxv);
                 let m = kb.b.ins().fmax(m, logit);
                 kb.b.def_var(maxv, m);
+            };
+            // Four keys at a time: independent dot products.
+            let t4 = kb.i((total - total % 4) as i64);
+            kb.for_range(z, t4, 4, |kb, j| {
+                let krow = kb.gep(kbase, j, kr.sj * 4);
+                let ds = dot4(kb, qrow, krow, kr.sj * 4, dh);
+                for (q, d) in ds.into_iter().enumerate() {
+                    let jq = kb.addi(j, q as i64);
+                    score(kb, jq, d);
+                }
+            });
+            kb.for_range(t4, tj, 1, |kb, j| {
+                let krow = kb.gep(kbase, j, kr.sj * 4);
+                let d = dot(kb, qrow, krow, dh);
+                score(kb, j, d);
             });
             // exp(x - max) and the sum; a fully masked row gives zeros.
             let m = kb.b.use_var(maxv);
@@ -319,18 +333,31 @@ fn attention(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
             let zero = kb.b.ins().f32const(0.0);
             let m = kb.b.ins().select(inf_max, zero, m);
             let sum = kb.var(F32, zero);
+            let zv = kb.constant(F32X4, 0.0);
+            let sumv = kb.var(F32X4, zv);
             let z = kb.i(0);
-            kb.for_range(z, tj, 1, |kb, j| {
+            kb.for_vec(z, tj, 4, |kb, j, lanes| {
+                let (ty, acc) = if lanes == 1 {
+                    (F32, sum)
+                } else {
+                    (F32X4, sumv)
+                };
                 let sa = kb.gep(srow, j, 4);
-                let x = kb.b.ins().load(F32, mem(), sa, 0);
-                let x = kb.b.ins().fsub(x, m);
-                let p = math::exp(kb, F32, x);
+                let x = kb.b.ins().load(ty, mem(), sa, 0);
+                let mv = kb.splat(ty, m);
+                let x = kb.b.ins().fsub(x, mv);
+                let p = math::exp(kb, ty, x);
                 kb.b.ins().store(mem(), p, sa, 0);
-                let s = kb.b.use_var(sum);
+                let s = kb.b.use_var(acc);
                 let s = kb.b.ins().fadd(s, p);
-                kb.b.def_var(sum, s);
+                kb.b.def_var(acc, s);
             });
-            let s = kb.b.use_var(sum);
+            let sv = kb.b.use_var(sumv);
+            let mut s = kb.b.use_var(sum);
+            for l in 0..4 {
+                let x = kb.b.ins().extractlane(sv, l);
+                s = kb.b.ins().fadd(s, x);
+            }
             let pos_sum = kb.b.ins().fcmp(FloatCC::GreaterThan, s, zero);
             let one = kb.b.ins().f32const(1.0);
             let inv = kb.b.ins().fdiv(one, s);
@@ -346,10 +373,37 @@ fn attention(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
                     kb.b.ins().store(mem(), p, qa, 0);
                 });
             }
-            // y = sum_j p_j v_j, scaled by 1/sum at the end.
+            // y = sum_j p_j v_j, scaled by 1/sum at the end: 16 columns
+            // at a time (four independent chains), then by 4 and 1.
             let z = kb.i(0);
+            let e16 = kb.i((dv - dv % 16) as i64);
+            kb.for_range(z, e16, 16, |kb, e| {
+                let init = kb.constant(F32X4, 0.0);
+                let accs: Vec<_> = (0..4).map(|_| kb.var(F32X4, init)).collect();
+                let z = kb.i(0);
+                kb.for_range(z, tj, 1, |kb, j| {
+                    let sa = kb.gep(srow, j, 4);
+                    let p = kb.b.ins().load(F32, mem(), sa, 0);
+                    let p = kb.splat(F32X4, p);
+                    let vrow = kb.gep(vbase, j, vr.sj * 4);
+                    let va = kb.gep(vrow, e, 4);
+                    for (t, &acc) in accs.iter().enumerate() {
+                        let vv = kb.b.ins().load(F32X4, mem(), va, (16 * t) as i32);
+                        let a = kb.b.use_var(acc);
+                        let a = kb.fmadd(p, vv, a);
+                        kb.b.def_var(acc, a);
+                    }
+                });
+                let iv = kb.splat(F32X4, inv);
+                let oa = kb.gep(orow, e, 4);
+                for (t, &acc) in accs.iter().enumerate() {
+                    let a = kb.b.use_var(acc);
+                    let y = kb.b.ins().fmul(a, iv);
+                    kb.b.ins().store(mem(), y, oa, (16 * t) as i32);
+                }
+            });
             let de = kb.i(dv as i64);
-            kb.for_vec(z, de, 4, |kb, e, l| {
+            kb.for_vec(e16, de, 4, |kb, e, l| {
                 let ty = if l > 1 { F32X4 } else { F32 };
                 let init = kb.constant(ty, 0.0);
                 let acc = kb.var(ty, init);
@@ -402,4 +456,42 @@ fn dot(kb: &mut Kb, a: Value, b: Value, n: usize) -> Value {
         s = kb.fmadd(x, y, s);
     }
     s
+}
+
+/// Dot products of the row at `a` with four rows from `b` (`bstride`
+/// bytes apart), each of length `n`: four independent accumulators.
+fn dot4(kb: &mut Kb, a: Value, b: Value, bstride: i64, n: usize) -> [Value; 4] {
+    let zero = kb.constant(F32X4, 0.0);
+    let accs = [0; 4].map(|_| kb.var(F32X4, zero));
+    let z = kb.i(0);
+    let full = kb.i((n - n % 4) as i64);
+    kb.for_range(z, full, 4, |kb, d| {
+        let x = kb.gep(a, d, 4);
+        let x = kb.b.ins().load(F32X4, mem(), x, 0);
+        let y0 = kb.gep(b, d, 4);
+        for (r, &acc) in accs.iter().enumerate() {
+            let y = kb.addi(y0, r as i64 * bstride);
+            let y = kb.b.ins().load(F32X4, mem(), y, 0);
+            let s = kb.b.use_var(acc);
+            let s = kb.fmadd(x, y, s);
+            kb.b.def_var(acc, s);
+        }
+    });
+    let mut out = [zero; 4];
+    for (r, &acc) in accs.iter().enumerate() {
+        let v = kb.b.use_var(acc);
+        let mut s = kb.b.ins().extractlane(v, 0);
+        for l in 1..4 {
+            let x = kb.b.ins().extractlane(v, l);
+            s = kb.b.ins().fadd(s, x);
+        }
+        for d in n - n % 4..n {
+            let x = kb.b.ins().load(F32, mem(), a, (d * 4) as i32);
+            let y = kb.addi(b, r as i64 * bstride);
+            let y = kb.b.ins().load(F32, mem(), y, (d * 4) as i32);
+            s = kb.fmadd(x, y, s);
+        }
+        out[r] = s;
+    }
+    out
 }

@@ -8,15 +8,16 @@
 //! residual and activation are the GEMM's epilogue. Grouped convolutions
 //! and run-time weights keep the NCHW path (through the NHWC adapter).
 
-use cranelift_codegen::ir::InstBuilder;
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::types::{F32, F32X4};
+use cranelift_codegen::ir::types::{F32, F32X4, I64};
+use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value};
 
 use super::NodeCx;
 use super::bf16gemm;
 use super::gemm::{self, Gemm, Mat};
 use super::linalg::{ConvGeom, activation, conv_geom_of};
-use crate::codegen::builder::mem;
+use super::zgemm;
+use crate::codegen::builder::{Kb, mem};
 use crate::codegen::lower::{Buf, Lower};
 use crate::error::Result;
 use crate::ir::DType;
@@ -100,6 +101,7 @@ pub fn lower(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
         offsets: vec![[0, 0, out_off, 0, out_off]],
     };
     if pointwise {
+        lw.note_kernel("nhwc 1x1 conv as one gemm");
         let a = Mat {
             buf: x.buf,
             rs: c as i64,
@@ -113,6 +115,22 @@ pub fn lower(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
         let packed = gemm::pack_weights(lw, &g, &bmat, &[0], kk, o, o, 1)?;
         return bf16gemm::conv(lw, &g, packed, &geo);
     }
+    if lw.avx512 {
+        let g = gemm_for(
+            p,
+            Mat {
+                buf: x.buf,
+                rs: kk as i64,
+                cs: 1,
+            },
+            kk,
+            0,
+        );
+        if zgemm::fits(lw, &g) {
+            return blocked(lw, &g, x.buf, (n, h, wd, c), ow, &geo, &bmat);
+        }
+    }
+    lw.note_kernel(format!("nhwc conv: im2col of one image ({p}x{kk}) + gemm"));
     let cols = lw.scratch(p * kk * 4);
     let a = Mat {
         buf: cols,
@@ -185,11 +203,7 @@ fn im2col(
     geo: &ConvGeom,
     cols: Buf,
 ) -> Result<()> {
-    let (kh, kw) = (geo.kernel[0], geo.kernel[1]);
-    let kk = kh * kw * c;
-    let (s0, s1) = (geo.strides[0] as i64, geo.strides[1] as i64);
-    let (d0, d1) = (geo.dil[0] as i64, geo.dil[1] as i64);
-    let (p0, p1) = (geo.pad0[0] as i64, geo.pad0[1] as i64);
+    let kk = geo.kernel[0] * geo.kernel[1] * c;
     let img_off = (img * h * wd * c * 4) as i64;
     lw.kernel(vec![x, cols], oh, |kb| {
         let xp = kb.arg(0);
@@ -203,52 +217,162 @@ fn im2col(
                 let pos = kb.muli(r, ow as i64);
                 let pos = kb.b.ins().iadd(pos, q);
                 let row = kb.gep(cp, pos, (kk * 4) as i64);
-                let ih0 = kb.muli(r, s0);
-                let ih0 = kb.addi(ih0, -p0);
-                let iw0 = kb.muli(q, s1);
-                let iw0 = kb.addi(iw0, -p1);
-                for a in 0..kh {
-                    for bb in 0..kw {
-                        let ih = kb.addi(ih0, a as i64 * d0);
-                        let iw = kb.addi(iw0, bb as i64 * d1);
-                        let okh = kb.b.ins().icmp_imm_u(IntCC::UnsignedLessThan, ih, h as i64);
-                        let okw =
-                            kb.b.ins()
-                                .icmp_imm_u(IntCC::UnsignedLessThan, iw, wd as i64);
-                        let ok = kb.b.ins().band(okh, okw);
-                        let dst = kb.addi(row, ((a * kw + bb) * c * 4) as i64);
-                        let copy = kb.b.create_block();
-                        let zero = kb.b.create_block();
-                        let done = kb.b.create_block();
-                        kb.b.ins().brif(ok, copy, &[], zero, &[]);
-                        kb.b.switch_to_block(copy);
-                        let pix = kb.muli(ih, wd as i64);
-                        let pix = kb.b.ins().iadd(pix, iw);
-                        let src = kb.gep(xp, pix, (c * 4) as i64);
-                        let z = kb.i(0);
-                        let cv = kb.i(c as i64);
-                        kb.for_vec(z, cv, 4, |kb, j, lanes| {
-                            let ty = if lanes == 1 { F32 } else { F32X4 };
-                            let s = kb.gep(src, j, 4);
-                            let v = kb.b.ins().load(ty, mem(), s, 0);
-                            let d = kb.gep(dst, j, 4);
-                            kb.b.ins().store(mem(), v, d, 0);
-                        });
-                        kb.b.ins().jump(done, &[]);
-                        kb.b.switch_to_block(zero);
-                        let z = kb.i(0);
-                        let cv = kb.i(c as i64);
-                        kb.for_vec(z, cv, 4, |kb, j, lanes| {
-                            let ty = if lanes == 1 { F32 } else { F32X4 };
-                            let v = kb.constant(ty, 0.0);
-                            let d = kb.gep(dst, j, 4);
-                            kb.b.ins().store(mem(), v, d, 0);
-                        });
-                        kb.b.ins().jump(done, &[]);
-                        kb.b.switch_to_block(done);
-                    }
-                }
+                gather_row(kb, xp, row, r, q, (h, wd, c), geo);
             });
+        });
+    })
+}
+
+/// Writes output position (`r`, `q`)'s im2col row at `row`: per kernel
+/// tap, C contiguous input channels of the image at `xp`, or zeros where
+/// the tap falls into the padding.
+fn gather_row(
+    kb: &mut Kb,
+    xp: Value,
+    row: Value,
+    r: Value,
+    q: Value,
+    (h, wd, c): (usize, usize, usize),
+    geo: &ConvGeom,
+) {
+    let (kh, kw) = (geo.kernel[0], geo.kernel[1]);
+    let (s0, s1) = (geo.strides[0] as i64, geo.strides[1] as i64);
+    let (d0, d1) = (geo.dil[0] as i64, geo.dil[1] as i64);
+    let (p0, p1) = (geo.pad0[0] as i64, geo.pad0[1] as i64);
+    let ih0 = kb.muli(r, s0);
+    let ih0 = kb.addi(ih0, -p0);
+    let iw0 = kb.muli(q, s1);
+    let iw0 = kb.addi(iw0, -p1);
+    for a in 0..kh {
+        for bb in 0..kw {
+            let ih = kb.addi(ih0, a as i64 * d0);
+            let iw = kb.addi(iw0, bb as i64 * d1);
+            let okh = kb.b.ins().icmp_imm_u(IntCC::UnsignedLessThan, ih, h as i64);
+            let okw =
+                kb.b.ins()
+                    .icmp_imm_u(IntCC::UnsignedLessThan, iw, wd as i64);
+            let ok = kb.b.ins().band(okh, okw);
+            let dst = kb.addi(row, ((a * kw + bb) * c * 4) as i64);
+            let copy = kb.b.create_block();
+            let zero = kb.b.create_block();
+            let done = kb.b.create_block();
+            kb.b.ins().brif(ok, copy, &[], zero, &[]);
+            kb.b.switch_to_block(copy);
+            let pix = kb.muli(ih, wd as i64);
+            let pix = kb.b.ins().iadd(pix, iw);
+            let src = kb.gep(xp, pix, (c * 4) as i64);
+            let z = kb.i(0);
+            let cv = kb.i(c as i64);
+            kb.for_vec(z, cv, 4, |kb, j, lanes| {
+                let ty = if lanes == 1 { F32 } else { F32X4 };
+                let s = kb.gep(src, j, 4);
+                let v = kb.b.ins().load(ty, mem(), s, 0);
+                let d = kb.gep(dst, j, 4);
+                kb.b.ins().store(mem(), v, d, 0);
+            });
+            kb.b.ins().jump(done, &[]);
+            kb.b.switch_to_block(zero);
+            let z = kb.i(0);
+            let cv = kb.i(c as i64);
+            kb.for_vec(z, cv, 4, |kb, j, lanes| {
+                let ty = if lanes == 1 { F32 } else { F32X4 };
+                let v = kb.constant(ty, 0.0);
+                let d = kb.gep(dst, j, 4);
+                kb.b.ins().store(mem(), v, d, 0);
+            });
+            kb.b.ins().jump(done, &[]);
+            kb.b.switch_to_block(done);
+        }
+    }
+}
+
+/// Bytes of A rows a blocked convolution gathers at a time (about half
+/// of L2, so the block and the B panels it meets stay cached).
+const A_BLOCK_BYTES: usize = 128 << 10;
+
+/// The AVX-512 form: work items are (image, block of `rb` output
+/// positions); each gathers its block's im2col rows into a buffer on the
+/// calling thread's stack and runs the microkernel's tiles over it, so
+/// the gathered rows never leave L2 and no image-sized buffer exists.
+fn blocked(
+    lw: &mut Lower,
+    g: &Gemm,
+    x: Buf,
+    (n, h, wd, c): (usize, usize, usize, usize),
+    ow: usize,
+    geo: &ConvGeom,
+    bmat: &[f32],
+) -> Result<()> {
+    let (p, o, kk) = (g.m, g.n, g.k);
+    let fit = (A_BLOCK_BYTES / (kk * 4)) / zgemm::ZMR * zgemm::ZMR;
+    let rb = fit
+        .clamp(zgemm::ZMR, 8 * zgemm::ZMR)
+        .min(p.div_ceil(zgemm::ZMR) * zgemm::ZMR);
+    let nblk = p.div_ceil(rb);
+    let packed = lw.data(gemm::pack_const(bmat, kk, o, o, 1, zgemm::ZNR))?;
+    let pl = zgemm::plan(lw, g)?;
+    lw.note_kernel(format!(
+        "nhwc conv: im2col blocks of {rb}x{kk} on the stack + avx512 gemm {}x{} tiles, N={o}, items {n}x{nblk}",
+        zgemm::ZMR,
+        zgemm::ZNR
+    ));
+    let mut bufs = vec![x, packed, g.c.buf];
+    let bias_arg = g.bias.as_ref().map(|b| {
+        bufs.push(b.buf);
+        bufs.len() - 1
+    });
+    let res_arg = g.residual.as_ref().map(|r| {
+        bufs.push(r.buf);
+        bufs.len() - 1
+    });
+    let mblocks = p.div_ceil(zgemm::ZMR) as i64;
+    let per_blk = (rb / zgemm::ZMR) as i64;
+    let callees = pl.callees.clone();
+    lw.kernel_calling(bufs, n * nblk, false, &callees, |kb, refs| {
+        let slot = kb.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            (rb * kk * 4) as u32,
+            6,
+        ));
+        let buf = kb.b.ins().stack_addr(I64, slot, 0);
+        let (xp, bp, cp) = (kb.arg(0), kb.arg(1), kb.arg(2));
+        let biasp = bias_arg.map(|j| kb.arg(j));
+        let resp = res_arg.map(|j| kb.arg(j));
+        let (b, e) = (kb.begin, kb.end);
+        kb.for_range(b, e, 1, |kb, item| {
+            let img = kb.b.ins().udiv_imm_u(item, nblk as i64);
+            let blk = kb.b.ins().urem_imm_u(item, nblk as i64);
+            let r0 = kb.muli(blk, rb as i64);
+            let left = kb.i(p as i64);
+            let left = kb.b.ins().isub(left, r0);
+            let rbv = kb.i(rb as i64);
+            let lt = kb.b.ins().icmp(IntCC::SignedLessThan, left, rbv);
+            let rows = kb.b.ins().select(lt, left, rbv);
+            let ximg = kb.gep(xp, img, (h * wd * c * 4) as i64);
+            let z = kb.i(0);
+            kb.for_range(z, rows, 1, |kb, i| {
+                let pos = kb.b.ins().iadd(r0, i);
+                let r = kb.b.ins().udiv_imm_u(pos, ow as i64);
+                let q = kb.b.ins().urem_imm_u(pos, ow as i64);
+                let row = kb.gep(buf, i, (kk * 4) as i64);
+                gather_row(kb, ximg, row, r, q, (h, wd, c), geo);
+            });
+            let start = kb.muli(img, p as i64);
+            let start = kb.b.ins().iadd(start, r0);
+            let base = zgemm::Bases {
+                a: buf,
+                b: bp,
+                c: kb.gep(cp, start, (o * 4) as i64),
+                bias: biasp,
+                res: resp.map(|rp| kb.gep(rp, start, (o * 4) as i64)),
+            };
+            let rows13 = kb.addi(rows, zgemm::ZMR as i64 - 1);
+            let mb_hi = kb.b.ins().udiv_imm_u(rows13, zgemm::ZMR as i64);
+            let first = kb.muli(blk, per_blk);
+            let last = kb.i(mblocks - 1);
+            let tail_mb = kb.b.ins().isub(last, first);
+            let p_hi = kb.i(o.div_ceil(zgemm::ZNR) as i64);
+            zgemm::emit_tiles(kb, g, &pl, refs, &base, (z, p_hi), (z, mb_hi), tail_mb);
         });
     })
 }

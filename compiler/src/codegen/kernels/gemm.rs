@@ -146,6 +146,10 @@ pub fn run(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
     } else if zgemm::fits(lw, g) {
         zgemm::compute(lw, g, packed)
     } else {
+        lw.note_kernel(format!(
+            "clif gemm {MR}x{NR} tiles, M={} N={} K={} batch={}",
+            g.m, g.n, g.k, g.batch
+        ));
         compute(lw, g, packed)
     }
 }

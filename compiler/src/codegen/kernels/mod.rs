@@ -7,6 +7,7 @@ mod bf16gemm;
 mod chain;
 mod conv_nhwc;
 mod conv_transpose;
+mod depthwise;
 mod det;
 mod dpbf16;
 mod einsum;
@@ -20,6 +21,7 @@ mod movement;
 mod nhwc;
 mod norm;
 mod pool;
+mod pool_nhwc;
 mod promote;
 mod qconv;
 mod qmatmul;
@@ -110,10 +112,20 @@ pub fn lower(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     if promote::wraps(cx) {
         return promote::adapt(lw, cx, lower);
     }
+    if pool_nhwc::applies(cx) {
+        return pool_nhwc::lower(lw, cx);
+    }
+    if depthwise::applies_maxpool(cx) {
+        return depthwise::lower_maxpool(lw, cx);
+    }
+    if depthwise::applies(cx) {
+        return depthwise::lower(lw, cx);
+    }
     if conv_nhwc::applies(cx) {
         return conv_nhwc::lower(lw, cx);
     }
     if nhwc::wraps(cx) && !NATIVE_NHWC.contains(&cx.node.op.as_str()) {
+        lw.note_kernel("NCHW kernel between NHWC transposes");
         return nhwc::adapt(lw, cx, f);
     }
     f(lw, cx)

@@ -7,13 +7,15 @@
 //! Concat and Split are strided copies into/out of sub-boxes. Gather with
 //! indices known only at run time has its own kernel with bounds checks
 //! (GatherElements, GatherND and Trilu with run-time inputs: indexed.rs).
+//! Transposes that are batches of 2-D transposes of 4-byte elements (the
+//! layout pass's NCHW <-> NHWC conversions) use a tiled kernel instead.
 
 use crate::codegen::nest::row_major;
 use std::sync::Arc;
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{I32, I64};
-use cranelift_codegen::ir::{InstBuilder, MemFlagsData};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
 
 use super::{NodeCx, Table};
 use crate::codegen::builder::{Elt, Kb, mem};
@@ -53,6 +55,11 @@ const MAX_TABLE: usize = 1 << 24;
 pub fn probed(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     let op = cx.node.op.as_str();
     let x = cx.input(0)?;
+    if op == "Transpose"
+        && let Some((b, r, s)) = layout_transpose(cx)?
+    {
+        return transpose_2d(lw, x.buf, cx.out(0).buf, (b, r, s));
+    }
     let n = x.ty.numel();
     // The probe: element j of the data input becomes j + 1; 0 marks "fill".
     let iota = Tensor::from_vec(&x.ty.shape, (1..=n as i64).collect::<Vec<i64>>())?;
@@ -368,4 +375,101 @@ pub fn copy_bytes(
             off += w;
         }
     }
+}
+
+/// A rank-4 Transpose of 4-byte elements that is a batch of 2-D
+/// transposes (the layout pass's NCHW <-> NHWC conversions): `(batch, R,
+/// S)` with `out[b][s][r] = x[b][r][s]`.
+fn layout_transpose(cx: &NodeCx) -> Result<Option<(usize, usize, usize)>> {
+    let x = cx.input(0)?;
+    if x.ty.dtype.size_bytes() != 4 || x.ty.shape.len() != 4 {
+        return Ok(None);
+    }
+    let sh = &x.ty.shape;
+    let brs = match cx.attrs().ints_opt("perm")? {
+        Some([0, 2, 3, 1]) => (sh[0], sh[1], sh[2] * sh[3]),
+        Some([0, 3, 1, 2]) => (sh[0], sh[1] * sh[2], sh[3]),
+        _ => return Ok(None),
+    };
+    // Tile stores use 32-bit displacements.
+    Ok((TS * brs.1 * 4 < i32::MAX as usize && brs.1 * brs.2 > 0).then_some(brs))
+}
+
+/// Columns of one transpose tile: each input row's run of `TS` elements
+/// goes to `TS` output rows.
+const TS: usize = 16;
+/// Input rows per work item.
+const TR: usize = 256;
+
+/// `out[b][s][r] = x[b][r][s]` (4-byte elements) in tiles of `TR` input
+/// rows by `TS` columns: reads are runs of `TS` elements, writes go to
+/// `TS` output rows at once, so both sides stream through cache lines
+/// instead of striding element by element. Work items: (b, row block,
+/// column block).
+fn transpose_2d(lw: &mut Lower, x: Buf, out: Buf, (nb, r, s): (usize, usize, usize)) -> Result<()> {
+    let sblocks = s.div_ceil(TS);
+    let rblocks = r.div_ceil(TR);
+    lw.note_kernel(format!(
+        "batched 2-D transpose {nb}x{r}x{s}, tiles {TR}x{TS}"
+    ));
+    lw.kernel(vec![x, out], nb * rblocks * sblocks, |kb| {
+        let (xp, op) = (kb.arg(0), kb.arg(1));
+        let (b0, e0) = (kb.begin, kb.end);
+        kb.for_range(b0, e0, 1, |kb, item| {
+            let sb = kb.b.ins().urem_imm_u(item, sblocks as i64);
+            let rest = kb.b.ins().udiv_imm_u(item, sblocks as i64);
+            let rb = kb.b.ins().urem_imm_u(rest, rblocks as i64);
+            let bi = kb.b.ins().udiv_imm_u(rest, rblocks as i64);
+            let ximg = kb.gep(xp, bi, (r * s * 4) as i64);
+            let oimg = kb.gep(op, bi, (r * s * 4) as i64);
+            let s0 = kb.muli(sb, TS as i64);
+            let r0 = kb.muli(rb, TR as i64);
+            let r1 = kb.addi(r0, TR as i64);
+            let rmax = kb.i(r as i64);
+            let lt = kb.b.ins().icmp(IntCC::SignedLessThan, r1, rmax);
+            let r1 = kb.b.ins().select(lt, r1, rmax);
+            let xs = kb.gep(ximg, s0, 4);
+            let os = kb.gep(oimg, s0, (r * 4) as i64);
+            let copy = |kb: &mut Kb, cols: Option<Value>| {
+                kb.for_range(r0, r1, 1, |kb, ri| {
+                    let src = kb.gep(xs, ri, (s * 4) as i64);
+                    let dst = kb.gep(os, ri, 4);
+                    match cols {
+                        None => {
+                            for t in 0..TS {
+                                let v = kb.b.ins().load(I32, mem(), src, (t * 4) as i32);
+                                kb.b.ins().store(mem(), v, dst, (t * r * 4) as i32);
+                            }
+                        }
+                        Some(n) => {
+                            let z = kb.i(0);
+                            kb.for_range(z, n, 1, |kb, t| {
+                                let a = kb.gep(src, t, 4);
+                                let v = kb.b.ins().load(I32, mem(), a, 0);
+                                let d = kb.gep(dst, t, (r * 4) as i64);
+                                kb.b.ins().store(mem(), v, d, 0);
+                            });
+                        }
+                    }
+                });
+            };
+            if s % TS == 0 {
+                copy(kb, None);
+            } else {
+                let last = kb.b.ins().icmp_imm_s(IntCC::Equal, sb, sblocks as i64 - 1);
+                let tb = kb.b.create_block();
+                let fb = kb.b.create_block();
+                let done = kb.b.create_block();
+                kb.b.ins().brif(last, tb, &[], fb, &[]);
+                kb.b.switch_to_block(tb);
+                let n = kb.i((s - (sblocks - 1) * TS) as i64);
+                copy(kb, Some(n));
+                kb.b.ins().jump(done, &[]);
+                kb.b.switch_to_block(fb);
+                copy(kb, None);
+                kb.b.ins().jump(done, &[]);
+                kb.b.switch_to_block(done);
+            }
+        });
+    })
 }

@@ -20,7 +20,7 @@
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{F32, F32X4, I64};
-use cranelift_codegen::ir::{AbiParam, InstBuilder, Signature, Value};
+use cranelift_codegen::ir::{AbiParam, FuncRef, InstBuilder, Signature, Value};
 
 use super::gemm::{Act, Gemm, Mat};
 use crate::codegen::builder::{Kb, mem};
@@ -54,6 +54,9 @@ fn in_registers(act: Act) -> bool {
 /// The compile-time shape of one tile function.
 struct Tile {
     mr: usize,
+    /// Vectors of 16 columns computed (2; 1 for an edge panel of at most
+    /// 16 columns, which skips the empty half).
+    nv: usize,
     lda: i64,
     ldc: i64,
     /// Row stride (bytes) and whether columns are contiguous (else one
@@ -108,14 +111,14 @@ mod asm {
         a.bt(r9, 32)?;
         a.jae(zero)?;
         for i in 0..t.mr {
-            for h in 0..2 {
+            for h in 0..t.nv {
                 a.vmovups(masked(acc(i, h), h).z(), c_at(i, h))?;
             }
         }
         a.jmp(start)?;
         a.set_label(&mut zero)?;
         for i in 0..t.mr {
-            for h in 0..2 {
+            for h in 0..t.nv {
                 a.vpxord(acc(i, h), acc(i, h), acc(i, h))?;
             }
         }
@@ -124,12 +127,16 @@ mod asm {
         // One depth step at element offset `ko` from rdi (A) / rsi (B).
         let step = |a: &mut CodeAssembler, ko: i64| -> std::result::Result<(), IcedError> {
             a.vmovups(bv0, zmmword_ptr(rsi + ko * 128))?;
-            a.vmovups(bv1, zmmword_ptr(rsi + (ko * 128 + 64)))?;
+            if t.nv == 2 {
+                a.vmovups(bv1, zmmword_ptr(rsi + (ko * 128 + 64)))?;
+            }
             for i in 0..t.mr {
                 let bc = Z[30 + i % 2];
                 a.vbroadcastss(bc, dword_ptr(rdi + (i as i64 * t.lda + ko * 4)))?;
                 a.vfmadd231ps(acc(i, 0), bv0, bc)?;
-                a.vfmadd231ps(acc(i, 1), bv1, bc)?;
+                if t.nv == 2 {
+                    a.vfmadd231ps(acc(i, 1), bv1, bc)?;
+                }
             }
             Ok(())
         };
@@ -175,7 +182,7 @@ mod asm {
         if t.alpha != 1.0 {
             splat(&mut a, Z[29], t.alpha)?;
             for i in 0..t.mr {
-                for h in 0..2 {
+                for h in 0..t.nv {
                     a.vmulps(acc(i, h), acc(i, h), Z[29])?;
                 }
             }
@@ -189,7 +196,7 @@ mod asm {
                 if !vec {
                     a.vbroadcastss(tmp, dword_ptr(base + i as i64 * rs))?;
                 }
-                for h in 0..2 {
+                for h in 0..t.nv {
                     if vec {
                         a.vmovups(
                             masked(tmp, h).z(),
@@ -210,7 +217,7 @@ mod asm {
             Act::Relu => {
                 a.vpxord(Z[31], Z[31], Z[31])?;
                 for i in 0..t.mr {
-                    for h in 0..2 {
+                    for h in 0..t.nv {
                         a.vmaxps(acc(i, h), Z[31], acc(i, h))?;
                     }
                 }
@@ -219,7 +226,7 @@ mod asm {
                 splat(&mut a, Z[30], lo)?;
                 splat(&mut a, Z[31], hi)?;
                 for i in 0..t.mr {
-                    for h in 0..2 {
+                    for h in 0..t.nv {
                         a.vmaxps(acc(i, h), Z[30], acc(i, h))?;
                         a.vminps(acc(i, h), Z[31], acc(i, h))?;
                     }
@@ -229,7 +236,7 @@ mod asm {
         }
         a.set_label(&mut store)?;
         for i in 0..t.mr {
-            for h in 0..2 {
+            for h in 0..t.nv {
                 a.vmovups(masked_mem(c_at(i, h), h), acc(i, h))?;
             }
         }
@@ -273,22 +280,35 @@ fn split(batch: usize, panels: usize, mblocks: usize, kc: usize) -> (usize, usiz
     (panels.div_ceil(ppg), mblocks.div_ceil(mbpp))
 }
 
-/// C = epilogue(A · packed B) with the microkernel; `packed` holds one
-/// panel set of `packed_len(n, k, ZNR)` floats per batch element.
-pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
+/// The blocking of one GEMM and its tile functions (defined by [`plan`]).
+pub struct Plan {
+    panels: usize,
+    mblocks: usize,
+    kc: usize,
+    kblocks: usize,
+    klast: usize,
+    tail_rows: usize,
+    edge_cols: usize,
+    edge_nv: usize,
+    act_in_regs: bool,
+    /// Tile functions: [full rows, tail rows] for inner panels, then the
+    /// same for the edge panel when it takes the one-vector form.
+    pub callees: Vec<cranelift_module::FuncId>,
+}
+
+/// Blocks `g` and defines its tile functions.
+pub fn plan(lw: &mut Lower, g: &Gemm) -> Result<Plan> {
     let (m, n, k) = (g.m, g.n, g.k);
     let panels = n.div_ceil(ZNR);
     let mblocks = m.div_ceil(ZMR);
     let kc = depth_block(lw, k);
     let kblocks = k.div_ceil(kc);
-    let klast = k - (kblocks - 1) * kc;
-    let (groups, mparts) = split(g.batch, panels, mblocks, kc);
-    let ppg = panels.div_ceil(groups);
-    let mbpp = mblocks.div_ceil(mparts);
     let tail_rows = m - (mblocks - 1) * ZMR;
     let act_in_regs = in_registers(g.act);
-    let tile = |mr| Tile {
+    let edge_cols = n - (panels - 1) * ZNR;
+    let tile = |mr, nv| Tile {
         mr,
+        nv,
         lda: g.a.rs * 4,
         ldc: g.c.rs * 4,
         bias: g.bias.as_ref().map(|b| (b.rs * 4, b.cs == 1)),
@@ -297,10 +317,44 @@ pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
         alpha: g.alpha,
         act: if act_in_regs { g.act } else { Act::None },
     };
-    let mut callees = vec![define_tile(lw, &tile(tail_rows))?];
-    if tail_rows != ZMR {
-        callees.push(define_tile(lw, &tile(ZMR))?);
+    let edge_nv = if edge_cols <= 16 { 1 } else { 2 };
+    let mut callees = Vec::new();
+    for nv in [2, edge_nv] {
+        callees.push(define_tile(lw, &tile(ZMR, nv))?);
+        if tail_rows != ZMR {
+            callees.push(define_tile(lw, &tile(tail_rows, nv))?);
+        }
+        if edge_nv == 2 {
+            break;
+        }
     }
+    Ok(Plan {
+        panels,
+        mblocks,
+        kc,
+        kblocks,
+        klast: k - (kblocks - 1) * kc,
+        tail_rows,
+        edge_cols,
+        edge_nv,
+        act_in_regs,
+        callees,
+    })
+}
+
+/// C = epilogue(A · packed B) with the microkernel; `packed` holds one
+/// panel set of `packed_len(n, k, ZNR)` floats per batch element.
+pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
+    let (m, n, k) = (g.m, g.n, g.k);
+    let pl = plan(lw, g)?;
+    let (panels, mblocks, kc) = (pl.panels, pl.mblocks, pl.kc);
+    let (groups, mparts) = split(g.batch, panels, mblocks, kc);
+    lw.note_kernel(format!(
+        "avx512 gemm {ZMR}x{ZNR} tiles, M={m} N={n} K={k} batch={}, kc={kc}, items {}x{}x{}",
+        g.batch, g.batch, groups, mparts
+    ));
+    let ppg = panels.div_ceil(groups);
+    let mbpp = mblocks.div_ceil(mparts);
     let pset = (panels * k * ZNR) as i64;
     let offs = lw.data(
         g.offsets
@@ -322,15 +376,9 @@ pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
         bufs.push(r.buf);
         bufs.len() - 1
     });
-    let edge_cols = n - (panels - 1) * ZNR;
-    let edge_mask = if edge_cols == 32 {
-        u32::MAX as i64
-    } else {
-        (1i64 << edge_cols) - 1
-    };
     let items = g.batch * groups * mparts;
+    let callees = pl.callees.clone();
     lw.kernel_calling(bufs, items, false, &callees, |kb, refs| {
-        let (tail_fn, full_fn) = (refs[0], *refs.get(1).unwrap_or(&refs[0]));
         let (ap, bp, cp, op) = (kb.arg(0), kb.arg(1), kb.arg(2), kb.arg(3));
         let biasp = bias_arg.map(|j| kb.arg(j));
         let resp = res_arg.map(|j| kb.arg(j));
@@ -358,73 +406,120 @@ pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
             let mb_lo = kb.muli(mpi, mbpp as i64);
             let mb_hi = kb.addi(mb_lo, mbpp as i64);
             let mb_hi = min_imm(kb, mb_hi, mblocks as i64);
-            let pass = |kb: &mut Kb, kb_idx: usize, last: bool| {
-                let depth = if last { klast } else { kc };
-                let mut ctl = (depth as i64) << 34;
-                if kb_idx > 0 {
-                    ctl |= 1 << 32;
-                }
-                if last {
-                    ctl |= 1 << 33;
-                }
-                let k0 = (kb_idx * kc) as i64;
-                kb.for_range(p_lo, p_hi, 1, |kb, p| {
-                    let is_edge = kb.b.ins().icmp_imm_s(IntCC::Equal, p, panels as i64 - 1);
-                    let em = kb.i(ctl | edge_mask);
-                    let fm = kb.i(ctl | u32::MAX as i64);
-                    let ctlv = kb.b.ins().select(is_edge, em, fm);
-                    let bpan = kb.gep(base.b, p, (k * ZNR * 4) as i64);
-                    let bpan = kb.addi(bpan, k0 * (ZNR as i64) * 4);
-                    let j0 = kb.muli(p, ZNR as i64);
-                    kb.for_range(mb_lo, mb_hi, 1, |kb, mb| {
-                        let r0 = kb.muli(mb, ZMR as i64);
-                        let a = kb.gep(base.a, r0, g.a.rs * 4);
-                        let a = kb.addi(a, k0 * 4);
-                        let c = tile_ptr(kb, base.c, &g.c, r0, j0);
-                        let bias = opt_ptr(kb, base.bias, g.bias.as_ref(), r0, j0);
-                        let res = opt_ptr(kb, base.res, g.residual.as_ref(), r0, j0);
-                        let args = [a, bpan, c, bias, res, ctlv];
-                        let post = |kb: &mut Kb, rows: usize| {
-                            if last && !act_in_regs {
-                                post_act(kb, g, c, rows, is_edge, edge_cols);
-                            }
-                        };
-                        if tail_rows == ZMR {
-                            kb.b.ins().call(full_fn, &args);
-                            post(kb, ZMR);
-                        } else {
-                            let is_tail =
-                                kb.b.ins().icmp_imm_s(IntCC::Equal, mb, mblocks as i64 - 1);
-                            let tb = kb.b.create_block();
-                            let fb = kb.b.create_block();
-                            let done = kb.b.create_block();
-                            kb.b.ins().brif(is_tail, tb, &[], fb, &[]);
-                            kb.b.switch_to_block(tb);
-                            kb.b.ins().call(tail_fn, &args);
-                            post(kb, tail_rows);
-                            kb.b.ins().jump(done, &[]);
-                            kb.b.switch_to_block(fb);
-                            kb.b.ins().call(full_fn, &args);
-                            post(kb, ZMR);
-                            kb.b.ins().jump(done, &[]);
-                            kb.b.switch_to_block(done);
-                        }
-                    });
-                });
-            };
-            for kbi in 0..kblocks {
-                pass(kb, kbi, kbi == kblocks - 1);
-            }
+            let tail_mb = kb.i(mblocks as i64 - 1);
+            emit_tiles(
+                kb,
+                g,
+                &pl,
+                refs,
+                &base,
+                (p_lo, p_hi),
+                (mb_lo, mb_hi),
+                tail_mb,
+            );
         });
     })
 }
 
-struct Bases {
-    a: Value,
-    b: Value,
-    c: Value,
-    bias: Option<Value>,
-    res: Option<Value>,
+/// Emits the tiles of panels `[p_lo, p_hi)` by row blocks `[mb_lo, mb_hi)`
+/// (of [`ZMR`] rows from `base`'s row origin) over every depth block;
+/// row block `tail_mb` takes the tail-rows function. `refs` are the
+/// kernel's references to `pl.callees`.
+#[allow(clippy::too_many_arguments)]
+pub fn emit_tiles(
+    kb: &mut Kb,
+    g: &Gemm,
+    pl: &Plan,
+    refs: &[FuncRef],
+    base: &Bases,
+    (p_lo, p_hi): (Value, Value),
+    (mb_lo, mb_hi): (Value, Value),
+    tail_mb: Value,
+) {
+    let (panels, kc, k) = (pl.panels, pl.kc, g.k);
+    let (tail_rows, edge_cols) = (pl.tail_rows, pl.edge_cols);
+    let edge_mask = if edge_cols == 32 {
+        u32::MAX as i64
+    } else {
+        (1i64 << edge_cols) - 1
+    };
+    let per = if tail_rows == ZMR { 1 } else { 2 };
+    let fns = |edge: bool| {
+        let o = if edge && pl.edge_nv == 1 { per } else { 0 };
+        (refs[o], refs[o + per - 1])
+    };
+    let p_inner = min_imm(kb, p_hi, panels as i64 - 1);
+    let has_edge = kb.b.ins().icmp_imm_s(IntCC::Equal, p_hi, panels as i64);
+    let pass = |kb: &mut Kb, kb_idx: usize, last: bool| {
+        let depth = if last { pl.klast } else { kc };
+        let mut ctl = (depth as i64) << 34;
+        if kb_idx > 0 {
+            ctl |= 1 << 32;
+        }
+        if last {
+            ctl |= 1 << 33;
+        }
+        let k0 = (kb_idx * kc) as i64;
+        // The row blocks of panel `p` (`edge`: the last panel).
+        let panel = |kb: &mut Kb, p: Value, edge: bool| {
+            let (full_fn, tail_fn) = fns(edge);
+            let ctlv = kb.i(ctl | if edge { edge_mask } else { u32::MAX as i64 });
+            let bpan = kb.gep(base.b, p, (k * ZNR * 4) as i64);
+            let bpan = kb.addi(bpan, k0 * (ZNR as i64) * 4);
+            let j0 = kb.muli(p, ZNR as i64);
+            let cols = if edge { edge_cols } else { ZNR };
+            kb.for_range(mb_lo, mb_hi, 1, |kb, mb| {
+                let r0 = kb.muli(mb, ZMR as i64);
+                let a = kb.gep(base.a, r0, g.a.rs * 4);
+                let a = kb.addi(a, k0 * 4);
+                let c = tile_ptr(kb, base.c, &g.c, r0, j0);
+                let bias = opt_ptr(kb, base.bias, g.bias.as_ref(), r0, j0);
+                let res = opt_ptr(kb, base.res, g.residual.as_ref(), r0, j0);
+                let args = [a, bpan, c, bias, res, ctlv];
+                let post = |kb: &mut Kb, rows: usize| {
+                    if last && !pl.act_in_regs {
+                        post_act(kb, g, c, rows, cols);
+                    }
+                };
+                if tail_rows == ZMR {
+                    kb.b.ins().call(full_fn, &args);
+                    post(kb, ZMR);
+                } else {
+                    let is_tail = kb.b.ins().icmp(IntCC::Equal, mb, tail_mb);
+                    let tb = kb.b.create_block();
+                    let fb = kb.b.create_block();
+                    let done = kb.b.create_block();
+                    kb.b.ins().brif(is_tail, tb, &[], fb, &[]);
+                    kb.b.switch_to_block(tb);
+                    kb.b.ins().call(tail_fn, &args);
+                    post(kb, tail_rows);
+                    kb.b.ins().jump(done, &[]);
+                    kb.b.switch_to_block(fb);
+                    kb.b.ins().call(full_fn, &args);
+                    post(kb, ZMR);
+                    kb.b.ins().jump(done, &[]);
+                    kb.b.switch_to_block(done);
+                }
+            });
+        };
+        kb.for_range(p_lo, p_inner, 1, |kb, p| panel(kb, p, false));
+        kb.if_(has_edge, |kb| {
+            let p = kb.i(panels as i64 - 1);
+            panel(kb, p, true);
+        });
+    };
+    for kbi in 0..pl.kblocks {
+        pass(kb, kbi, kbi == pl.kblocks - 1);
+    }
+}
+
+/// Pointers of one GEMM's operands at a row origin.
+pub struct Bases {
+    pub a: Value,
+    pub b: Value,
+    pub c: Value,
+    pub bias: Option<Value>,
+    pub res: Option<Value>,
 }
 
 fn min_imm(kb: &mut Kb, v: Value, hi: i64) -> Value {
@@ -446,11 +541,9 @@ fn opt_ptr(kb: &mut Kb, base: Option<Value>, m: Option<&Mat>, r0: Value, j0: Val
 }
 
 /// Applies the activation the tile function left out to the stored tile:
-/// `rows` rows of 32 columns (fewer on the edge panel).
-fn post_act(kb: &mut Kb, g: &Gemm, c: Value, rows: usize, is_edge: Value, edge_cols: usize) {
-    let full = kb.i(ZNR as i64);
-    let edge = kb.i(edge_cols as i64);
-    let cols = kb.b.ins().select(is_edge, edge, full);
+/// `rows` rows of `cols` columns.
+fn post_act(kb: &mut Kb, g: &Gemm, c: Value, rows: usize, cols: usize) {
+    let cols = kb.i(cols as i64);
     for r in 0..rows {
         let row = kb.addi(c, r as i64 * g.c.rs * 4);
         let z = kb.i(0);
@@ -485,6 +578,7 @@ mod tests {
         for act in [Act::None, Act::Relu, Act::Clip(0.0, 6.0)] {
             let t = Tile {
                 mr: ZMR,
+                nv: 2,
                 lda: 4096 * 4,
                 ldc: 4096 * 4,
                 bias: Some((0, true)),
