@@ -12,6 +12,8 @@ mod sve;
 #[cfg(test)]
 mod tests;
 
+pub use sve::Pattern;
+
 /// A general-purpose register `x0`..`x30`; 31 is `xzr` or `sp` by
 /// instruction (see [`XZR`], [`SP`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,7 +243,9 @@ impl Asm {
             self.fail(format!("ubfx #{lsb}, #{width}"));
             return;
         }
-        self.emit(0xD340_0000 | lsb << 16 | (lsb + width - 1) << 10 | (n.0 as u32) << 5 | d.0 as u32);
+        self.emit(
+            0xD340_0000 | lsb << 16 | (lsb + width - 1) << 10 | (n.0 as u32) << 5 | d.0 as u32,
+        );
     }
 
     // ---- branches ----

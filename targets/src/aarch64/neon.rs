@@ -48,6 +48,16 @@ impl Asm {
         self.emit(0xBD00_0000 | i << 10 | (n.0 as u32) << 5 | vr(t));
     }
 
+    /// `ldr st, [xn, xm]` (byte offset)
+    pub fn ldr_s_x(&mut self, t: V, n: X, m: X) {
+        self.emit(0xBC60_6800 | (m.0 as u32) << 16 | (n.0 as u32) << 5 | vr(t));
+    }
+
+    /// `str st, [xn, xm]` (byte offset)
+    pub fn str_s_x(&mut self, t: V, n: X, m: X) {
+        self.emit(0xBC20_6800 | (m.0 as u32) << 16 | (n.0 as u32) << 5 | vr(t));
+    }
+
     /// `ld1r {vt.4s}, [xn]`
     pub fn ld1r_4s(&mut self, t: V, n: X) {
         self.emit(0x4D40_C800 | (n.0 as u32) << 5 | vr(t));

@@ -5,7 +5,6 @@
 
 use std::process::Command;
 
-use super::sve::Pattern;
 use super::*;
 
 type Case = (&'static str, fn(&mut Asm));
@@ -23,7 +22,9 @@ fn cases() -> Vec<Case> {
         ("add x28, x27, x26", |a| a.add(X(28), X(27), X(26), 0)),
         ("sub x3, x4, x5", |a| a.sub(X(3), X(4), X(5))),
         ("cmp x10, x11", |a| a.cmp(X(10), X(11))),
-        ("csel x1, x2, x3, lt", |a| a.csel(X(1), X(2), X(3), Cond::Lt)),
+        ("csel x1, x2, x3, lt", |a| {
+            a.csel(X(1), X(2), X(3), Cond::Lt)
+        }),
         ("ubfx x12, x5, #34, #30", |a| a.ubfx(X(12), X(5), 34, 30)),
         ("ubfx x4, x5, #0, #32", |a| a.ubfx(X(4), X(5), 0, 32)),
         ("ret", |a| a.ret()),
@@ -53,11 +54,15 @@ fn cases() -> Vec<Case> {
         ("st1w {z31.s}, p0, [x20, x21, lsl #2]", |a| {
             a.st1w_x(Z(31), P(0), X(20), X(21))
         }),
-        ("ld1rw {z16.s}, p0/z, [x3]", |a| a.ld1rw(Z(16), P(0), X(3), 0)),
+        ("ld1rw {z16.s}, p0/z, [x3]", |a| {
+            a.ld1rw(Z(16), P(0), X(3), 0)
+        }),
         ("ld1rw {z17.s}, p0/z, [x3, #252]", |a| {
             a.ld1rw(Z(17), P(0), X(3), 252)
         }),
-        ("ld1rqw {z0.s}, p0/z, [x6]", |a| a.ld1rqw(Z(0), P(0), X(6), 0)),
+        ("ld1rqw {z0.s}, p0/z, [x6]", |a| {
+            a.ld1rqw(Z(0), P(0), X(6), 0)
+        }),
         ("ld1rqw {z1.s}, p3/z, [x6, #-128]", |a| {
             a.ld1rqw(Z(1), P(3), X(6), -128)
         }),
@@ -70,11 +75,17 @@ fn cases() -> Vec<Case> {
         ("fmla z23.s, z31.s, z7.s[3]", |a| {
             a.fmla_idx(Z(23), Z(31), Z(7), 3)
         }),
-        ("fmla z8.s, z24.s, z0.s[1]", |a| a.fmla_idx(Z(8), Z(24), Z(0), 1)),
+        ("fmla z8.s, z24.s, z0.s[1]", |a| {
+            a.fmla_idx(Z(8), Z(24), Z(0), 1)
+        }),
         ("fadd z8.s, z8.s, z16.s", |a| a.fadd(Z(8), Z(8), Z(16))),
         ("fmul z9.s, z10.s, z29.s", |a| a.fmul(Z(9), Z(10), Z(29))),
-        ("fmax z8.s, p0/m, z8.s, z30.s", |a| a.fmax(Z(8), P(0), Z(30))),
-        ("fmin z12.s, p5/m, z12.s, z31.s", |a| a.fmin(Z(12), P(5), Z(31))),
+        ("fmax z8.s, p0/m, z8.s, z30.s", |a| {
+            a.fmax(Z(8), P(0), Z(30))
+        }),
+        ("fmin z12.s, p5/m, z12.s, z31.s", |a| {
+            a.fmin(Z(12), P(5), Z(31))
+        }),
         ("mov z30.s, w9", |a| a.dup_w(Z(30), X(9))),
         ("mov z11.s, #0", |a| a.dup_imm(Z(11), 0)),
         ("mov z11.s, #-3", |a| a.dup_imm(Z(11), -3)),
@@ -91,6 +102,11 @@ fn cases() -> Vec<Case> {
         }),
         ("ldr s3, [x4, #16380]", |a| a.ldr_s(V(3), X(4), 16380)),
         ("str s31, [x1, #4]", |a| a.str_s(V(31), X(1), 4)),
+        ("ldr s5, [x10, x14]", |a| a.ldr_s_x(V(5), X(10), X(14))),
+        ("str s0, [x12, x20]", |a| a.str_s_x(V(0), X(12), X(20))),
+        ("cmp x6, #16", |a| a.subs_imm(XZR, X(6), 16)),
+        ("mov x12, sp", |a| a.add_imm(X(12), SP, 0)),
+        ("sub sp, sp, #1152", |a| a.sub_imm(SP, SP, 1152)),
         ("ld1r {v30.4s}, [x3]", |a| a.ld1r_4s(V(30), X(3))),
         ("fmla v8.4s, v24.4s, v31.s[2]", |a| {
             a.fmla_4s_idx(V(8), V(24), V(31), 2)
@@ -100,9 +116,15 @@ fn cases() -> Vec<Case> {
         }),
         ("fmla v1.4s, v2.4s, v3.4s", |a| a.fmla_4s(V(1), V(2), V(3))),
         ("fadd v1.4s, v2.4s, v3.4s", |a| a.fadd_4s(V(1), V(2), V(3))),
-        ("fmul v1.4s, v2.4s, v30.4s", |a| a.fmul_4s(V(1), V(2), V(30))),
-        ("fmax v1.4s, v31.4s, v1.4s", |a| a.fmax_4s(V(1), V(31), V(1))),
-        ("fmin v1.4s, v31.4s, v1.4s", |a| a.fmin_4s(V(1), V(31), V(1))),
+        ("fmul v1.4s, v2.4s, v30.4s", |a| {
+            a.fmul_4s(V(1), V(2), V(30))
+        }),
+        ("fmax v1.4s, v31.4s, v1.4s", |a| {
+            a.fmax_4s(V(1), V(31), V(1))
+        }),
+        ("fmin v1.4s, v31.4s, v1.4s", |a| {
+            a.fmin_4s(V(1), V(31), V(1))
+        }),
         ("dup v29.4s, w9", |a| a.dup_4s(V(29), X(9))),
         ("movi v17.2d, #0", |a| a.zero_q(V(17))),
     ]
@@ -121,7 +143,9 @@ fn gnu_words(text: &str, tag: &str) -> Option<Vec<u32>> {
         .arg(&src)
         .status()
     else {
-        eprintln!("skipped: needs aarch64-linux-gnu-as (apt-get install binutils-aarch64-linux-gnu)");
+        eprintln!(
+            "skipped: needs aarch64-linux-gnu-as (apt-get install binutils-aarch64-linux-gnu)"
+        );
         return None;
     };
     assert!(st.success(), "GNU as rejected the test text");

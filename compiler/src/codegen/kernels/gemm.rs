@@ -17,7 +17,7 @@ use cranelift_codegen::ir::types::{F32, F32X4, I64};
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::elementwise::{gelu, hard_sigmoid};
-use super::{math, zgemm};
+use super::{math, sgemm_neon, sgemm_sve, zgemm};
 use crate::codegen::builder::{Kb, mem};
 use crate::codegen::lower::{Buf, Lower};
 use crate::error::Result;
@@ -107,13 +107,25 @@ pub struct Gemm {
 
 /// The panel width the kernel chosen for `g` reads.
 pub fn panel_width(lw: &Lower, g: &Gemm) -> usize {
-    if zgemm::fits(lw, g) { zgemm::ZNR } else { NR }
+    if zgemm::fits(lw, g) {
+        zgemm::ZNR
+    } else if sgemm_sve::fits(lw, g) {
+        sgemm_sve::NR
+    } else if sgemm_neon::fits(lw, g) {
+        sgemm_neon::NR
+    } else {
+        NR
+    }
 }
 
 /// C = epilogue(A · packed B), `packed` in `panel_width(lw, g)` panels.
 pub fn run(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
     if zgemm::fits(lw, g) {
         zgemm::compute(lw, g, packed)
+    } else if sgemm_sve::fits(lw, g) {
+        sgemm_sve::compute(lw, g, packed)
+    } else if sgemm_neon::fits(lw, g) {
+        sgemm_neon::compute(lw, g, packed)
     } else {
         compute(lw, g, packed)
     }

@@ -23,7 +23,10 @@ mod qmatmul;
 mod quant;
 mod reduce;
 mod resize;
+mod sgemm_neon;
+mod sgemm_sve;
 mod softmax;
+mod tiled;
 mod topk;
 mod zgemm;
 
