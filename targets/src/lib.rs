@@ -16,6 +16,7 @@
 //! with dashes (`x86-64-v3-avx2`) still parse. `+f` adds `f` and what it
 //! implies; `-f` removes `f` and every feature that implies it.
 
+pub mod aarch64;
 pub mod features;
 mod host;
 mod presets;

@@ -42,6 +42,10 @@ pub struct Args {
     /// Where the JSON and SVG go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// An aarch64 target (`graviton3`, ...): count executed instructions
+    /// per MAC under qemu instead of timing (see `bench_aarch64.rs`).
+    #[arg(long)]
+    target: Option<String>,
 }
 
 struct Workload {
@@ -102,6 +106,9 @@ const WORKLOADS: &[Workload] = &[
 const GUESS_GFLOPS: f64 = 40.0;
 
 pub fn main(a: Args) -> anyhow::Result<()> {
+    if let Some(t) = &a.target {
+        return crate::bench_aarch64::main(t, a.cpucc.as_deref(), a.only.as_deref(), &a.out);
+    }
     let root = venv::root();
     let cpucc = match &a.cpucc {
         Some(p) => p.clone(),

@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask ci | conformance | models | check-ort | bench`.
 
 mod bench;
+mod bench_aarch64;
 mod check_ort;
 mod ci;
 mod conformance;

@@ -40,6 +40,11 @@ pub struct Args {
     /// (emulation is 10-100x slower than the hardware).
     #[arg(long, value_name = "SECS", default_value_t = 1800)]
     timeout: u64,
+    /// Run an SVE target's code under qemu with N-bit vectors instead of
+    /// the target's own length (128..2048, a multiple of 128): the code is
+    /// vector-length agnostic.
+    #[arg(long, value_name = "N")]
+    sve_bits: Option<u32>,
     #[command(flatten)]
     fast_math: FastMathArgs,
     #[command(flatten)]
@@ -89,7 +94,21 @@ pub fn main(a: Args) -> Result<()> {
     let outputs = if a.interp {
         interp::run(&g, &inputs)?
     } else {
-        let target = engine::target(&a.target)?;
+        let mut target = engine::target(&a.target)?;
+        if let Some(bits) = a.sve_bits {
+            cpucc::ensure!(
+                target.sve_bits.is_some(),
+                Invalid,
+                "--sve-bits: target '{}' has no SVE",
+                target.name
+            );
+            cpucc::ensure!(
+                (128..=2048).contains(&bits) && bits % 128 == 0,
+                Invalid,
+                "--sve-bits {bits}: SVE vectors are 128 to 2048 bits, a multiple of 128"
+            );
+            target.sve_bits = Some(bits);
+        }
         let mut opt = g.clone();
         a.passes.run(&mut opt)?;
         let limit = std::time::Duration::from_secs(a.timeout);

@@ -88,6 +88,15 @@ pub fn has_avx512(target: &Target) -> bool {
     matches!(target.triple.architecture, Architecture::X86_64) && target.has("avx512f")
 }
 
+/// Whether GEMMs may use the SVE machine-code microkernels.
+pub fn has_sve(target: &Target) -> bool {
+    is_aarch64(target) && target.has("sve")
+}
+
+pub fn is_aarch64(target: &Target) -> bool {
+    matches!(target.triple.architecture, Architecture::Aarch64(_))
+}
+
 pub fn has_fma(target: &Target) -> bool {
     match target.triple.architecture {
         Architecture::Aarch64(_) => true,

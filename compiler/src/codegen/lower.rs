@@ -72,6 +72,10 @@ pub struct Lower<'m> {
     pub fma: bool,
     /// The target has AVX-512F: GEMMs use the machine-code microkernels.
     pub avx512: bool,
+    /// The target has SVE: GEMMs use the SVE machine-code microkernels.
+    pub sve: bool,
+    /// aarch64 without SVE: GEMMs use the NEON machine-code microkernels.
+    pub neon: bool,
     /// L1 data cache bytes per core (GEMM depth blocking).
     pub l1d: usize,
     pub steps: Vec<Step>,
@@ -117,6 +121,8 @@ impl<'m> Lower<'m> {
             cc,
             fma,
             avx512: false,
+            sve: false,
+            neon: false,
             l1d: 32 << 10,
             steps: Vec::new(),
             prefix: prefix.to_string(),

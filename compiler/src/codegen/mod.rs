@@ -101,6 +101,8 @@ pub fn lower_graph(
     let mut lw = Lower::new(module, name, fma);
     lw.avx512 = isa::has_avx512(target);
     lw.bf16 = bf16;
+    lw.sve = isa::has_sve(target);
+    lw.neon = isa::is_aarch64(target) && !lw.sve;
     lw.l1d = target.caches.l1d;
     lw.clif = dumps.clif.take();
     lw.asm = dumps.asm.take();

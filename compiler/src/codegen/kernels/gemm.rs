@@ -17,7 +17,7 @@ use cranelift_codegen::ir::types::{F32, F32X4, I64};
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::elementwise::{gelu, hard_sigmoid};
-use super::{bf16gemm, math, zgemm};
+use super::{bf16gemm, math, sgemm_neon, sgemm_sve, zgemm};
 use crate::codegen::builder::{Kb, mem};
 use crate::codegen::lower::{Buf, Lower};
 use crate::error::Result;
@@ -107,7 +107,15 @@ pub struct Gemm {
 
 /// The panel width the kernel chosen for `g` reads.
 pub fn panel_width(lw: &Lower, g: &Gemm) -> usize {
-    if zgemm::fits(lw, g) { zgemm::ZNR } else { NR }
+    if zgemm::fits(lw, g) {
+        zgemm::ZNR
+    } else if sgemm_sve::fits(lw, g) {
+        sgemm_sve::NR
+    } else if sgemm_neon::fits(lw, g) {
+        sgemm_neon::NR
+    } else {
+        NR
+    }
 }
 
 /// Packs the constant B (`b[o + kk * rs + j * cs]`, one panel set per
@@ -145,6 +153,10 @@ pub fn run(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
         bf16gemm::compute(lw, g, packed)
     } else if zgemm::fits(lw, g) {
         zgemm::compute(lw, g, packed)
+    } else if sgemm_sve::fits(lw, g) {
+        sgemm_sve::compute(lw, g, packed)
+    } else if sgemm_neon::fits(lw, g) {
+        sgemm_neon::compute(lw, g, packed)
     } else {
         lw.note_kernel(format!(
             "clif gemm {MR}x{NR} tiles, M={} N={} K={} batch={}",

@@ -28,8 +28,11 @@ mod qmatmul;
 mod quant;
 mod reduce;
 mod resize;
+mod sgemm_neon;
+mod sgemm_sve;
 mod softmax;
 mod taps;
+mod tiled;
 mod topk;
 mod zgemm;
 

@@ -1,0 +1,216 @@
+//! The aarch64 GEMM microkernels under qemu against the interpreter: one
+//! graph of MatMul/Gemm/Conv nodes on shapes off the 8-row tile, the
+//! 32-column panel, the 4-deep unroll and the depth block (constant and
+//! run-time B, broadcast batches, per-column and per-row bias, residual,
+//! Relu/Clip in registers, Sigmoid after the store, NHWC convolutions),
+//! compiled once for `graviton3` (SVE) and run at 128, 256 and 512-bit
+//! vectors — the code is vector-length agnostic — and for `graviton2`
+//! under `-cpu max,sve=off`. Also checks the objects' instructions: SVE
+//! in graviton3's, none in graviton2's. Needs aarch64-linux-gnu-gcc,
+//! -objdump and qemu-aarch64 (installed by .ci/run); skips without them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cpucc::codegen::{Dumps, Target, artifact};
+use cpucc::ir::{Attr, Attrs, DType, Graph, Tensor, ValueType};
+use cpucc::random::SplitMix64;
+use cpucc::{cross, interp};
+
+fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").output().is_ok()
+}
+
+fn data(rng: &mut SplitMix64, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    Tensor::from_f64s(DType::F32, shape, &v).unwrap()
+}
+
+/// Builds one graph; `node` adds a node over fresh inputs / constants.
+struct Builder {
+    g: Graph,
+    inputs: Vec<(String, Tensor)>,
+    rng: SplitMix64,
+}
+
+enum Arg {
+    In(Vec<usize>),
+    Const(Vec<usize>),
+}
+use Arg::{Const, In};
+
+impl Builder {
+    fn node(&mut self, op: &str, attrs: &[(&str, Attr)], args: &[Arg]) {
+        let k = self.g.node_indices().len();
+        let mut ids = Vec::new();
+        for (i, arg) in args.iter().enumerate() {
+            let name = format!("n{k}_{i}");
+            ids.push(Some(match arg {
+                In(s) => {
+                    let t = data(&mut self.rng, s);
+                    let id = self.g.add_input(&name, ValueType::of(&t)).unwrap();
+                    self.inputs.push((name, t));
+                    id
+                }
+                Const(s) => {
+                    let t = data(&mut self.rng, s);
+                    self.g.add_const(&name, t).unwrap()
+                }
+            }));
+        }
+        let mut a = Attrs::default();
+        for (key, v) in attrs {
+            a.set(key, v.clone());
+        }
+        let n = self
+            .g
+            .add_node(&format!("n{k}"), op, 13, a, ids, &[format!("y{k}")])
+            .unwrap();
+        let out = self.g.node(n).outputs[0];
+        self.g.outputs.push(out);
+    }
+}
+
+fn act(name: &str) -> (&'static str, Attr) {
+    ("activation", Attr::String(name.to_string()))
+}
+
+fn graph() -> (Graph, Vec<(String, Tensor)>) {
+    let mut b = Builder {
+        g: Graph::new("t"),
+        inputs: Vec::new(),
+        rng: SplitMix64::new(7),
+    };
+    b.node("MatMul", &[], &[In(vec![1, 1]), Const(vec![1, 1])]);
+    b.node("MatMul", &[], &[In(vec![13, 31]), Const(vec![31, 45])]);
+    b.node("MatMul", &[], &[In(vec![5, 17]), In(vec![17, 33])]);
+    b.node(
+        "MatMul",
+        &[],
+        &[In(vec![2, 1, 17, 40]), Const(vec![3, 40, 45])],
+    );
+    // Two depth blocks (kc = 256 for graviton's 64 KiB L1d), load-C path.
+    b.node(
+        "cpucc.FusedMatMul",
+        &[act("Sigmoid")],
+        &[In(vec![9, 300]), Const(vec![300, 70]), Const(vec![70])],
+    );
+    b.node(
+        "cpucc.FusedMatMul",
+        &[act("Relu")],
+        &[
+            In(vec![29, 70]),
+            Const(vec![70, 97]),
+            Const(vec![97]),
+            In(vec![29, 97]),
+        ],
+    );
+    b.node(
+        "cpucc.FusedGemm",
+        &[
+            ("transB", Attr::Int(1)),
+            ("alpha", Attr::Float(0.75)),
+            ("beta", Attr::Float(-1.5)),
+            act("Clip"),
+            ("act_alpha", Attr::Float(-0.25)),
+            ("act_beta", Attr::Float(0.5)),
+        ],
+        &[In(vec![16, 23]), Const(vec![65, 23]), Const(vec![16, 1])],
+    );
+    for (x, w, s, p) in [
+        ([1, 9, 9, 5], [40, 5, 3, 3], 2, 1),
+        ([2, 4, 5, 16], [33, 16, 1, 1], 1, 0),
+    ] {
+        let oh = (x[1] + 2 * p - w[2]) / s + 1;
+        let ow = (x[2] + 2 * p - w[3]) / s + 1;
+        b.node(
+            "cpucc.FusedConv",
+            &[
+                ("strides", Attr::Ints(vec![s as i64; 2])),
+                ("pads", Attr::Ints(vec![p as i64; 4])),
+                ("layout", Attr::String("NHWC".into())),
+                act("Relu"),
+            ],
+            &[
+                In(x.to_vec()),
+                Const(w.to_vec()),
+                Const(vec![w[0]]),
+                In(vec![x[0], oh, ow, w[0]]),
+            ],
+        );
+    }
+    (b.g, b.inputs)
+}
+
+fn compile(g: &Graph, spec: &str, dir: &Path) -> (PathBuf, PathBuf) {
+    let t = Target::parse(spec).unwrap();
+    let art = artifact::compile(g, &t, "t", &mut Dumps::default()).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let (obj, hdr) = (dir.join("t.o"), dir.join("t.h"));
+    std::fs::write(&obj, &art.object).unwrap();
+    std::fs::write(&hdr, &art.header).unwrap();
+    (obj, hdr)
+}
+
+fn disassembly(obj: &Path) -> String {
+    let out = Command::new("aarch64-linux-gnu-objdump")
+        .arg("-d")
+        .arg(obj)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn sve_and_neon_gemms_match_the_interpreter_under_qemu() {
+    if ![
+        "aarch64-linux-gnu-gcc",
+        "aarch64-linux-gnu-objdump",
+        "qemu-aarch64",
+    ]
+    .iter()
+    .all(|t| have(t))
+    {
+        eprintln!(
+            "skipped: needs aarch64-linux-gnu-gcc, -objdump and qemu-aarch64 \
+             (apt-get install qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross)"
+        );
+        return;
+    }
+    let (g, inputs) = graph();
+    let ins: Vec<Tensor> = inputs.iter().map(|(_, t)| t.clone()).collect();
+    let want = interp::run(&g, &ins).unwrap();
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gemm-aarch64");
+    let _ = std::fs::remove_dir_all(&root);
+    for (spec, lengths) in [("graviton3", &[128, 256, 512][..]), ("graviton2", &[0][..])] {
+        let dir = root.join(spec);
+        let (obj, hdr) = compile(&g, spec, &dir);
+        let asm = disassembly(&obj);
+        let sve = asm.contains("ld1rqw") && asm.contains("fmla\tz");
+        assert_eq!(sve, spec == "graviton3", "{spec}: SVE GEMM in the object");
+        assert_eq!(
+            asm.contains("\tz"),
+            spec == "graviton3",
+            "{spec}: z registers"
+        );
+        for &bits in lengths {
+            let mut run_as = Target::parse(spec).unwrap();
+            run_as.sve_bits = (bits > 0).then_some(bits);
+            let got = cross::run_foreign(&obj, &hdr, "t", &run_as, &inputs, &dir.join("run"))
+                .unwrap_or_else(|e| panic!("{spec} at SVE {bits}: {e}"));
+            assert_eq!(got.len(), want.len());
+            for (o, (w, h)) in want.iter().zip(&got).enumerate() {
+                let (w, h) = (w.to_f64_vec(), h.to_f64_vec());
+                let scale = w.iter().fold(1e-3f64, |m, x| m.max(x.abs()));
+                for (k, (x, y)) in w.iter().zip(&h).enumerate() {
+                    assert!(
+                        (x - y).abs() <= 1e-4 * scale,
+                        "{spec} at SVE {bits}: output {o} ({}) element {k}: {y} != {x}",
+                        g.node(g.node_indices()[o]).op
+                    );
+                }
+            }
+        }
+    }
+}
