@@ -45,7 +45,10 @@ fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
     x.iter()
         .zip(&y)
         .map(|(p, q)| (p - q).abs())
-        .fold(0f64, |m, d| if d.is_nan() { f64::INFINITY } else { m.max(d) })
+        .fold(
+            0f64,
+            |m, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
+        )
         / scale
 }
 
@@ -67,14 +70,20 @@ fn check(file: &str) {
     assert_eq!(got.len(), want.len(), "{file}: outputs");
     for (i, (a, b)) in got.iter().zip(&want).enumerate() {
         let d = rel_diff(a, b);
-        assert!(d <= RTOL, "{file} output {i}: interpreter differs from torch by {d:.2e}");
+        assert!(
+            d <= RTOL,
+            "{file} output {i}: interpreter differs from torch by {d:.2e}"
+        );
     }
     passes::run_pipeline(&mut g, passes::DEFAULT_PIPELINE).unwrap();
     let m = JitModel::compile(&g, &Target::host(), &mut Dumps::default()).unwrap();
     let native = m.run(&inputs).unwrap();
     for (i, (a, b)) in native.iter().zip(&want).enumerate() {
         let d = rel_diff(a, b);
-        assert!(d <= RTOL, "{file} output {i}: compiled code differs from torch by {d:.2e}");
+        assert!(
+            d <= RTOL,
+            "{file} output {i}: compiled code differs from torch by {d:.2e}"
+        );
     }
 }
 
@@ -121,7 +130,10 @@ fn torchscript_needs_shapes_and_names_the_input() {
     let e = load(&dir().join("conv_relu.pt"), &ImportOptions::default()).unwrap_err();
     let m = e.to_string();
     assert!(matches!(e, Error::Invalid(_)), "{m}");
-    assert!(m.contains("input 'x' needs a shape") && m.contains("--shape x="), "{m}");
+    assert!(
+        m.contains("input 'x' needs a shape") && m.contains("--shape x="),
+        "{m}"
+    );
 }
 
 /// The committed `.pt`s written by torch from a model using `aten::cumsum`,
@@ -134,7 +146,10 @@ fn unsupported_op_names_the_op_and_source_line() {
     let m = e.to_string();
     assert!(matches!(e, Error::Unsupported(_)), "{m}");
     assert!(m.contains("aten::cumsum"), "{m}");
-    let line = source_line(&std::fs::read(dir().join("unsupported_cumsum.pt")).unwrap(), "cumsum");
+    let line = source_line(
+        &std::fs::read(dir().join("unsupported_cumsum.pt")).unwrap(),
+        "cumsum",
+    );
     assert!(m.contains(&line), "{m} should name {line}");
     let e = load(&dir().join("unsupported_cumsum.pt2"), &opts).unwrap_err();
     assert!(e.to_string().contains("aten::cumsum"), "{e}");
@@ -145,7 +160,7 @@ fn source_line(pt: &[u8], needle: &str) -> String {
     let mut z = zip::ZipArchive::new(std::io::Cursor::new(pt)).unwrap();
     for i in 0..z.len() {
         let mut f = z.by_index(i).unwrap();
-        let name = f.name().to_string();
+        let name = f.name().unwrap().to_string();
         if name.ends_with(".py") {
             let mut s = String::new();
             std::io::Read::read_to_string(&mut f, &mut s).unwrap();
@@ -160,14 +175,14 @@ fn source_line(pt: &[u8], needle: &str) -> String {
 
 /// Rewrites one entry of a zip (stored, fresh CRC) so that the archive is
 /// well formed and only that entry is wrong.
-fn with_entry(pt: &[u8], suffix: &str, f: impl Fn(Vec<u8>) -> Vec<u8>) -> Vec<u8> {
+fn with_entry(pt: &[u8], suffix: &str, mut f: impl FnMut(Vec<u8>) -> Vec<u8>) -> Vec<u8> {
     let mut z = zip::ZipArchive::new(std::io::Cursor::new(pt)).unwrap();
     let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for i in 0..z.len() {
         let mut e = z.by_index(i).unwrap();
-        let name = e.name().to_string();
+        let name = e.name().unwrap().to_string();
         let mut data = Vec::new();
         std::io::Read::read_to_end(&mut e, &mut data).unwrap();
         if name.ends_with(suffix) {
@@ -190,12 +205,18 @@ fn control_flow_is_rejected_with_its_line() {
     let pt = std::fs::read(dir().join("conv_relu.pt")).unwrap();
     let bad = with_entry(&pt, ".py", |src| {
         let s = String::from_utf8(src).unwrap();
-        s.replace("    return torch.relu(_0)", "    if 1:\n      _0 = _0\n    return torch.relu(_0)")
-            .into_bytes()
+        s.replace(
+            "    return torch.relu(_0)",
+            "    if 1:\n      _0 = _0\n    return torch.relu(_0)",
+        )
+        .into_bytes()
     });
     let e = import(&bad).unwrap_err().to_string();
     let line = source_line(&bad, "if 1:");
-    assert!(e.contains("control flow ('if')") && e.contains(&line), "{e}");
+    assert!(
+        e.contains("control flow ('if')") && e.contains(&line),
+        "{e}"
+    );
 }
 
 #[test]
@@ -204,7 +225,10 @@ fn broken_pickles_and_code_are_errors() {
     assert!(import(&pt).is_ok());
     let pkl = with_entry(&pt, "constants.pkl", |p| p[..p.len() / 2].to_vec());
     let e = import(&pkl).unwrap_err();
-    assert!(matches!(e, Error::Invalid(_)) && e.to_string().contains("constants.pkl"), "{e}");
+    assert!(
+        matches!(e, Error::Invalid(_)) && e.to_string().contains("constants.pkl"),
+        "{e}"
+    );
     let missing = with_entry(&pt, "constants/0", |p| p[..100].to_vec());
     let e = import(&missing).unwrap_err();
     assert!(e.to_string().contains("reach past its storage"), "{e}");
@@ -258,7 +282,9 @@ fn truncated_and_corrupted_archives_are_errors_not_crashes() {
 fn pt2_shapes_are_checked_against_the_export() {
     let mut opts = ImportOptions::default();
     opts.shapes.insert("x".into(), vec![1, 16, 30, 30]);
-    let e = load(&dir().join("conv_relu.pt2"), &opts).unwrap_err().to_string();
+    let e = load(&dir().join("conv_relu.pt2"), &opts)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("does not match the exported shape"), "{e}");
     let input = npy("conv_relu.input0.npy");
     assert_eq!(input.shape(), [1, 16, 32, 32]);

@@ -266,7 +266,10 @@ impl<'a, 'b> Tensors<'a, 'b> {
         match g.as_str() {
             "torch._utils._rebuild_tensor_v2" | "torch._utils._rebuild_tensor" => {}
             g if g.starts_with("torch._utils._rebuild") => {
-                bail!(Unsupported, "tensor kind {g} (quantized/sparse/meta tensors)")
+                bail!(
+                    Unsupported,
+                    "tensor kind {g} (quantized/sparse/meta tensors)"
+                )
             }
             _ => return Ok(None),
         }
@@ -308,8 +311,8 @@ impl<'a, 'b> Tensors<'a, 'b> {
             Invalid,
             "persistent id '{tag}' is not a storage"
         );
-        let dtype = dtype_of(cls)
-            .ok_or_else(|| Error::Unsupported(format!("storage type {cls}")))?;
+        let dtype =
+            dtype_of(cls).ok_or_else(|| Error::Unsupported(format!("storage type {cls}")))?;
         if let Some(s) = self.storages.get(key) {
             return Ok(s.clone());
         }

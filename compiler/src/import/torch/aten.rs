@@ -588,7 +588,11 @@ fn promote(b: &mut Builder, x: &Arg, y: &Arg) -> Result<(ValueId, ValueId)> {
                 d = DType::F32;
             }
             let s = b.scalar_as(n, d)?;
-            Ok(if matches!(x, Arg::Tensor(_)) { (t, s) } else { (s, t) })
+            Ok(if matches!(x, Arg::Tensor(_)) {
+                (t, s)
+            } else {
+                (s, t)
+            })
         }
         _ => {
             let (p, q) = (b.tensor(x)?, b.tensor(y)?);
@@ -678,7 +682,11 @@ fn div(b: &mut Builder, a: &[Arg]) -> Result<Arg> {
     let mode = match &a[2] {
         Arg::None => None,
         Arg::Str(s) => Some(s.as_str()),
-        x => bail!(Invalid, "rounding_mode must be a string, found {}", x.kind()),
+        x => bail!(
+            Invalid,
+            "rounding_mode must be a string, found {}",
+            x.kind()
+        ),
     };
     let ints = |b: &Builder, x: &Arg| match x {
         Arg::Int(_) | Arg::Bool(_) => true,
@@ -747,13 +755,27 @@ fn conv_attrs(
     dilation: &Arg,
     groups: &Arg,
 ) -> Result<Vec<(&'static str, Attr)>> {
-    let or = |v: Vec<i64>, d: i64| if v.is_empty() { vec![d; spatial] } else { expand(v, spatial) };
+    let or = |v: Vec<i64>, d: i64| {
+        if v.is_empty() {
+            vec![d; spatial]
+        } else {
+            expand(v, spatial)
+        }
+    };
     let stride = or(
-        if matches!(stride, Arg::None) { vec![] } else { b.ints(stride)? },
+        if matches!(stride, Arg::None) {
+            vec![]
+        } else {
+            b.ints(stride)?
+        },
         1,
     );
     let dilation = or(
-        if matches!(dilation, Arg::None) { vec![] } else { b.ints(dilation)? },
+        if matches!(dilation, Arg::None) {
+            vec![]
+        } else {
+            b.ints(dilation)?
+        },
         1,
     );
     let pads = match padding {
@@ -810,7 +832,9 @@ fn conv(b: &mut Builder, a: &[Arg]) -> Result<Arg> {
     let spatial = b.rank(w).saturating_sub(2);
     let attrs = conv_attrs(b, a, spatial, &a[3], &a[4], &a[5], &a[6])?;
     let bias = b.opt_tensor(&a[2])?;
-    Ok(Arg::Tensor(b.node("Conv", &attrs, &[Some(x), Some(w), bias], 1)?[0]))
+    Ok(Arg::Tensor(
+        b.node("Conv", &attrs, &[Some(x), Some(w), bias], 1)?[0],
+    ))
 }
 
 fn convolution(b: &mut Builder, a: &[Arg]) -> Result<Arg> {
@@ -866,7 +890,9 @@ fn linear(b: &mut Builder, a: &[Arg]) -> Result<Arg> {
     let bias = b.opt_tensor(&a[2])?;
     if b.rank(x) == 2 && b.rank(w) == 2 {
         let attrs = [("transB", Attr::Int(1))];
-        return Ok(Arg::Tensor(b.node("Gemm", &attrs, &[Some(x), Some(w), bias], 1)?[0]));
+        return Ok(Arg::Tensor(
+            b.node("Gemm", &attrs, &[Some(x), Some(w), bias], 1)?[0],
+        ));
     }
     let wt = if b.rank(w) == 2 {
         b.one("Transpose", &[("perm", Attr::Ints(vec![1, 0]))], &[w])?
@@ -884,7 +910,13 @@ fn addmm(b: &mut Builder, a: &[Arg]) -> Result<Arg> {
     let c = b.tensor(&a[0])?;
     let m1 = b.tensor(&a[1])?;
     let m2 = b.tensor(&a[2])?;
-    let num = |x: &Arg| if matches!(x, Arg::None) { Ok(1.0) } else { float(x) };
+    let num = |x: &Arg| {
+        if matches!(x, Arg::None) {
+            Ok(1.0)
+        } else {
+            float(x)
+        }
+    };
     let attrs = [
         ("beta", Attr::Float(num(&a[3])? as f32)),
         ("alpha", Attr::Float(num(&a[4])? as f32)),
@@ -930,7 +962,11 @@ fn batch_norm(
     };
     let (w, bias) = (param(w, 1.0)?, param(bias, 0.0)?);
     let (mean, var) = (param(mean, 0.0)?, param(var, 1.0)?);
-    let eps = if matches!(eps, Arg::None) { 1e-5 } else { float(eps)? };
+    let eps = if matches!(eps, Arg::None) {
+        1e-5
+    } else {
+        float(eps)?
+    };
     Ok(Arg::Tensor(b.one(
         "BatchNormalization",
         &[("epsilon", Attr::Float(eps as f32))],
@@ -954,7 +990,11 @@ fn layer_norm(b: &mut Builder, a: &[Arg]) -> Result<Arg> {
         w => b.tensor(w)?,
     };
     let bias = b.opt_tensor(&a[3])?;
-    let eps = if matches!(a[4], Arg::None) { 1e-5 } else { float(&a[4])? };
+    let eps = if matches!(a[4], Arg::None) {
+        1e-5
+    } else {
+        float(&a[4])?
+    };
     let attrs = [
         ("axis", Attr::Int(-(n as i64))),
         ("epsilon", Attr::Float(eps as f32)),
@@ -1010,10 +1050,7 @@ fn avg_pool(b: &mut Builder, a: &[Arg], n: usize) -> Result<Arg> {
         ("strides", Attr::Ints(s)),
         ("pads", Attr::Ints(p)),
         ("ceil_mode", Attr::Int(boolean(&a[4], false)? as i64)),
-        (
-            "count_include_pad",
-            Attr::Int(boolean(&a[5], true)? as i64),
-        ),
+        ("count_include_pad", Attr::Int(boolean(&a[5], true)? as i64)),
     ];
     Ok(Arg::Tensor(b.one("AveragePool", &attrs, &[x])?))
 }
@@ -1096,9 +1133,27 @@ fn flatten(b: &mut Builder, a: &[Arg]) -> Result<Arg> {
     if shape.is_empty() {
         return reshape_to(b, x, &[1]);
     }
-    let start = axis(if matches!(a[1], Arg::None) { 0 } else { b.int(&a[1])? }, shape.len())? as usize;
-    let end = axis(if matches!(a[2], Arg::None) { -1 } else { b.int(&a[2])? }, shape.len())? as usize;
-    ensure!(start <= end, Invalid, "start_dim {start} after end_dim {end}");
+    let start = axis(
+        if matches!(a[1], Arg::None) {
+            0
+        } else {
+            b.int(&a[1])?
+        },
+        shape.len(),
+    )? as usize;
+    let end = axis(
+        if matches!(a[2], Arg::None) {
+            -1
+        } else {
+            b.int(&a[2])?
+        },
+        shape.len(),
+    )? as usize;
+    ensure!(
+        start <= end,
+        Invalid,
+        "start_dim {start} after end_dim {end}"
+    );
     let mut out = shape[..start].to_vec();
     out.push(shape[start..=end].iter().product());
     out.extend_from_slice(&shape[end + 1..]);
@@ -1123,7 +1178,11 @@ fn permute(b: &mut Builder, a: &[Arg]) -> Result<Arg> {
         .iter()
         .map(|&d| axis(d, r))
         .collect::<Result<Vec<_>>>()?;
-    Ok(Arg::Tensor(b.one("Transpose", &[("perm", Attr::Ints(perm))], &[x])?))
+    Ok(Arg::Tensor(b.one(
+        "Transpose",
+        &[("perm", Attr::Ints(perm))],
+        &[x],
+    )?))
 }
 
 fn transpose(b: &mut Builder, a: &[Arg]) -> Result<Arg> {
@@ -1135,7 +1194,11 @@ fn transpose(b: &mut Builder, a: &[Arg]) -> Result<Arg> {
     let (p, q) = (axis(b.int(&a[1])?, r)?, axis(b.int(&a[2])?, r)?);
     let mut perm: Vec<i64> = (0..r as i64).collect();
     perm.swap(p as usize, q as usize);
-    Ok(Arg::Tensor(b.one("Transpose", &[("perm", Attr::Ints(perm))], &[x])?))
+    Ok(Arg::Tensor(b.one(
+        "Transpose",
+        &[("perm", Attr::Ints(perm))],
+        &[x],
+    )?))
 }
 
 fn tensors(b: &mut Builder, a: &Arg) -> Result<Vec<ValueId>> {
@@ -1154,32 +1217,73 @@ fn cat(b: &mut Builder, a: &[Arg]) -> Result<Arg> {
         .into_iter()
         .filter(|&x| !(b.ty(x).shape == [0] && rank > 1))
         .collect();
-    let dim = axis(if matches!(a[1], Arg::None) { 0 } else { b.int(&a[1])? }, rank)?;
+    let dim = axis(
+        if matches!(a[1], Arg::None) {
+            0
+        } else {
+            b.int(&a[1])?
+        },
+        rank,
+    )?;
     let ins: Vec<_> = xs.iter().map(|&x| Some(x)).collect();
-    Ok(Arg::Tensor(b.node("Concat", &[("axis", Attr::Int(dim))], &ins, 1)?[0]))
+    Ok(Arg::Tensor(
+        b.node("Concat", &[("axis", Attr::Int(dim))], &ins, 1)?[0],
+    ))
 }
 
 fn stack(b: &mut Builder, a: &[Arg]) -> Result<Arg> {
     let xs = tensors(b, &a[0])?;
     ensure!(!xs.is_empty(), Invalid, "no tensors to stack");
     let rank = b.rank(xs[0]) + 1;
-    let dim = axis(if matches!(a[1], Arg::None) { 0 } else { b.int(&a[1])? }, rank)?;
+    let dim = axis(
+        if matches!(a[1], Arg::None) {
+            0
+        } else {
+            b.int(&a[1])?
+        },
+        rank,
+    )?;
     let axes = b.ints_const(&[dim])?;
     let mut ins = Vec::new();
     for x in xs {
         ins.push(Some(b.one("Unsqueeze", &[], &[x, axes])?));
     }
-    Ok(Arg::Tensor(b.node("Concat", &[("axis", Attr::Int(dim))], &ins, 1)?[0]))
+    Ok(Arg::Tensor(
+        b.node("Concat", &[("axis", Attr::Int(dim))], &ins, 1)?[0],
+    ))
 }
 
 fn slice(b: &mut Builder, a: &[Arg]) -> Result<Arg> {
     let x = b.tensor(&a[0])?;
     let r = b.rank(x);
-    let dim = axis(if matches!(a[1], Arg::None) { 0 } else { b.int(&a[1])? }, r)?;
-    let start = if matches!(a[2], Arg::None) { 0 } else { b.int(&a[2])? };
-    let end = if matches!(a[3], Arg::None) { i64::MAX } else { b.int(&a[3])? };
-    let step = if matches!(a[4], Arg::None) { 1 } else { b.int(&a[4])? };
-    ensure!(step > 0, Invalid, "slice step {step} (torch needs a positive step)");
+    let dim = axis(
+        if matches!(a[1], Arg::None) {
+            0
+        } else {
+            b.int(&a[1])?
+        },
+        r,
+    )?;
+    let start = if matches!(a[2], Arg::None) {
+        0
+    } else {
+        b.int(&a[2])?
+    };
+    let end = if matches!(a[3], Arg::None) {
+        i64::MAX
+    } else {
+        b.int(&a[3])?
+    };
+    let step = if matches!(a[4], Arg::None) {
+        1
+    } else {
+        b.int(&a[4])?
+    };
+    ensure!(
+        step > 0,
+        Invalid,
+        "slice step {step} (torch needs a positive step)"
+    );
     let len = b.ty(x).shape[dim as usize] as i64;
     if start == 0 && end >= len && step == 1 {
         return Ok(Arg::Tensor(x));
@@ -1206,7 +1310,11 @@ fn select(b: &mut Builder, a: &[Arg]) -> Result<Arg> {
         "index {i} is out of range for dimension {dim} of size {len}"
     );
     let idx = b.konst(Tensor::scalar(i))?;
-    Ok(Arg::Tensor(b.one("Gather", &[("axis", Attr::Int(dim))], &[x, idx])?))
+    Ok(Arg::Tensor(b.one(
+        "Gather",
+        &[("axis", Attr::Int(dim))],
+        &[x, idx],
+    )?))
 }
 
 fn unsqueeze(b: &mut Builder, a: &[Arg]) -> Result<Arg> {
@@ -1263,7 +1371,13 @@ fn expand_to(b: &mut Builder, a: &[Arg]) -> Result<Arg> {
     let sizes: Vec<i64> = want
         .iter()
         .enumerate()
-        .map(|(i, &w)| if w == -1 && i >= off { shape[i - off] as i64 } else { w })
+        .map(|(i, &w)| {
+            if w == -1 && i >= off {
+                shape[i - off] as i64
+            } else {
+                w
+            }
+        })
         .collect();
     let s = b.ints_const(&sizes)?;
     Ok(Arg::Tensor(b.one("Expand", &[], &[x, s])?))
@@ -1364,10 +1478,17 @@ fn upsample(b: &mut Builder, a: &[Arg], mode: &str, align_corners: bool) -> Resu
     let n = shape.len().saturating_sub(2);
     let mut attrs = vec![("mode", Attr::String(mode.into()))];
     if mode == "nearest" {
-        attrs.push(("coordinate_transformation_mode", Attr::String("asymmetric".into())));
+        attrs.push((
+            "coordinate_transformation_mode",
+            Attr::String("asymmetric".into()),
+        ));
         attrs.push(("nearest_mode", Attr::String("floor".into())));
     } else {
-        let m = if align_corners { "align_corners" } else { "pytorch_half_pixel" };
+        let m = if align_corners {
+            "align_corners"
+        } else {
+            "pytorch_half_pixel"
+        };
         attrs.push(("coordinate_transformation_mode", Attr::String(m.into())));
     }
     if !matches!(a[1], Arg::None) {
@@ -1375,7 +1496,9 @@ fn upsample(b: &mut Builder, a: &[Arg], mode: &str, align_corners: bool) -> Resu
         let mut sizes: Vec<i64> = shape[..2].iter().map(|&d| d as i64).collect();
         sizes.extend(out);
         let s = b.ints_const(&sizes)?;
-        return Ok(Arg::Tensor(b.node("Resize", &attrs, &[Some(x), None, None, Some(s)], 1)?[0]));
+        return Ok(Arg::Tensor(
+            b.node("Resize", &attrs, &[Some(x), None, None, Some(s)], 1)?[0],
+        ));
     }
     let scales: Vec<f64> = match a.get(2) {
         Some(Arg::List(l)) => l.iter().map(float).collect::<Result<_>>()?,
@@ -1387,17 +1510,31 @@ fn upsample(b: &mut Builder, a: &[Arg], mode: &str, align_corners: bool) -> Resu
             })
             .collect::<Result<_>>()?,
     };
-    ensure!(scales.len() == n, Invalid, "{} scale factors for {n} spatial dims", scales.len());
+    ensure!(
+        scales.len() == n,
+        Invalid,
+        "{} scale factors for {n} spatial dims",
+        scales.len()
+    );
     let mut all = vec![1.0f32, 1.0];
     all.extend(scales.iter().map(|&s| s as f32));
     let s = b.konst(Tensor::from_vec(&[all.len()], all)?)?;
-    Ok(Arg::Tensor(b.node("Resize", &attrs, &[Some(x), None, Some(s)], 1)?[0]))
+    Ok(Arg::Tensor(
+        b.node("Resize", &attrs, &[Some(x), None, Some(s)], 1)?[0],
+    ))
 }
 
 fn split(b: &mut Builder, a: &[Arg]) -> Result<Arg> {
     let x = b.tensor(&a[0])?;
     let shape = b.ty(x).shape.clone();
-    let dim = axis(if matches!(a[2], Arg::None) { 0 } else { b.int(&a[2])? }, shape.len())?;
+    let dim = axis(
+        if matches!(a[2], Arg::None) {
+            0
+        } else {
+            b.int(&a[2])?
+        },
+        shape.len(),
+    )?;
     let len = shape[dim as usize] as i64;
     let sizes = match &a[1] {
         Arg::List(_) => b.ints(&a[1])?,
@@ -1416,7 +1553,12 @@ fn split(b: &mut Builder, a: &[Arg]) -> Result<Arg> {
 
 fn split_sizes(b: &mut Builder, x: ValueId, dim: i64, sizes: &[i64]) -> Result<Arg> {
     let s = b.ints_const(sizes)?;
-    let outs = b.node("Split", &[("axis", Attr::Int(dim))], &[Some(x), Some(s)], sizes.len())?;
+    let outs = b.node(
+        "Split",
+        &[("axis", Attr::Int(dim))],
+        &[Some(x), Some(s)],
+        sizes.len(),
+    )?;
     Ok(Arg::List(outs.into_iter().map(Arg::Tensor).collect()))
 }
 
@@ -1425,7 +1567,14 @@ fn chunk(b: &mut Builder, a: &[Arg]) -> Result<Arg> {
     let shape = b.ty(x).shape.clone();
     let n = b.int(&a[1])?;
     ensure!(n > 0, Invalid, "chunks {n}");
-    let dim = axis(if matches!(a[2], Arg::None) { 0 } else { b.int(&a[2])? }, shape.len())?;
+    let dim = axis(
+        if matches!(a[2], Arg::None) {
+            0
+        } else {
+            b.int(&a[2])?
+        },
+        shape.len(),
+    )?;
     let len = shape[dim as usize] as i64;
     let each = (len + n - 1) / n;
     let mut sizes = Vec::new();

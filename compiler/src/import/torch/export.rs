@@ -57,10 +57,11 @@ fn sizes(meta: &J, what: &str) -> Result<Vec<Option<usize>>> {
     arr(field(meta, "sizes", what)?, what)?
         .iter()
         .map(|s| match s.get("as_int") {
-            Some(n) => Ok(Some(
-                usize::try_from(int_of(n, what)?)
-                    .map_err(|_| Error::Invalid(format!("{what}: negative size")))?,
-            )),
+            Some(n) => {
+                Ok(Some(usize::try_from(int_of(n, what)?).map_err(|_| {
+                    Error::Invalid(format!("{what}: negative size"))
+                })?))
+            }
             None => Ok(None),
         })
         .collect()
@@ -108,8 +109,12 @@ fn program(archive: &mut Archive) -> Result<Program> {
 
 /// User input names, in order.
 fn user_inputs(p: &Program) -> Result<Vec<String>> {
-    let sig = field(field(&p.json, "graph_module", &p.file)?, "signature", &p.file)
-        .or_else(|_| field(&p.json, "signature", &p.file))?;
+    let sig = field(
+        field(&p.json, "graph_module", &p.file)?,
+        "signature",
+        &p.file,
+    )
+    .or_else(|_| field(&p.json, "signature", &p.file))?;
     let mut names = Vec::new();
     for s in arr(field(sig, "input_specs", &p.file)?, &p.file)? {
         if let Some(u) = s.get("user_input") {
@@ -192,10 +197,7 @@ pub fn load(bytes: &[u8], opts: &ImportOptions) -> Result<Graph> {
             users.join(", ")
         );
     }
-    let mut b = Builder::new(
-        file.trim_start_matches("models/")
-            .trim_end_matches(".json"),
-    );
+    let mut b = Builder::new(file.trim_start_matches("models/").trim_end_matches(".json"));
     let mut env: HashMap<String, Arg> = HashMap::new();
     let sig = field(gm, "signature", &file)?;
     for spec in arr(field(sig, "input_specs", &file)?, &file)? {
@@ -266,7 +268,10 @@ pub fn load(bytes: &[u8], opts: &ImportOptions) -> Result<Graph> {
             k => bail!(Unsupported, "{file}: input kind '{k}'"),
         }
     }
-    for (i, n) in arr(field(graph, "nodes", &file)?, &file)?.iter().enumerate() {
+    for (i, n) in arr(field(graph, "nodes", &file)?, &file)?
+        .iter()
+        .enumerate()
+    {
         let target = str_of(field(n, "target", &file)?, &file)?;
         let name = n.get("name").and_then(J::as_str).unwrap_or("?");
         let at = format!("{file} node {i} '{name}' ({target})");
@@ -293,7 +298,11 @@ pub fn load(bytes: &[u8], opts: &ImportOptions) -> Result<Graph> {
             );
         }
     }
-    ensure!(!outs.is_empty(), Invalid, "{file}: the program has no user outputs");
+    ensure!(
+        !outs.is_empty(),
+        Invalid,
+        "{file}: the program has no user outputs"
+    );
     b.g.outputs = outs;
     Ok(b.g)
 }
@@ -388,30 +397,56 @@ fn arg(j: &J, env: &HashMap<String, Arg>, at: &str) -> Result<Arg> {
                 .collect::<Result<_>>()?,
         ),
         "as_int" => Arg::Int(int_of(v, at)?),
-        "as_float" => Arg::Float(v.as_f64().ok_or_else(|| Error::Invalid(format!("{at}: bad float")))?),
-        "as_bool" => Arg::Bool(v.as_bool().ok_or_else(|| Error::Invalid(format!("{at}: bad bool")))?),
+        "as_float" => Arg::Float(
+            v.as_f64()
+                .ok_or_else(|| Error::Invalid(format!("{at}: bad float")))?,
+        ),
+        "as_bool" => Arg::Bool(
+            v.as_bool()
+                .ok_or_else(|| Error::Invalid(format!("{at}: bad bool")))?,
+        ),
         "as_string" => Arg::Str(str_of(v, at)?.to_string()),
-        "as_ints" => Arg::List(arr(v, at)?.iter().map(|x| int_of(x, at).map(Arg::Int)).collect::<Result<_>>()?),
+        "as_ints" => Arg::List(
+            arr(v, at)?
+                .iter()
+                .map(|x| int_of(x, at).map(Arg::Int))
+                .collect::<Result<_>>()?,
+        ),
         "as_floats" => Arg::List(
             arr(v, at)?
                 .iter()
-                .map(|x| x.as_f64().map(Arg::Float).ok_or_else(|| Error::Invalid(format!("{at}: bad float"))))
+                .map(|x| {
+                    x.as_f64()
+                        .map(Arg::Float)
+                        .ok_or_else(|| Error::Invalid(format!("{at}: bad float")))
+                })
                 .collect::<Result<_>>()?,
         ),
         "as_bools" => Arg::List(
             arr(v, at)?
                 .iter()
-                .map(|x| x.as_bool().map(Arg::Bool).ok_or_else(|| Error::Invalid(format!("{at}: bad bool"))))
+                .map(|x| {
+                    x.as_bool()
+                        .map(Arg::Bool)
+                        .ok_or_else(|| Error::Invalid(format!("{at}: bad bool")))
+                })
                 .collect::<Result<_>>()?,
         ),
-        "as_strings" => Arg::List(arr(v, at)?.iter().map(|x| str_of(x, at).map(|s| Arg::Str(s.into()))).collect::<Result<_>>()?),
-        "as_sym_int" | "as_sym_float" | "as_sym_bool" => match v.as_object().and_then(|o| o.iter().next()) {
-            Some((k, x)) if k == "as_name" => lookup(str_of(x, at)?)?,
-            Some((k, x)) if k == "as_int" => Arg::Int(int_of(x, at)?),
-            Some((k, x)) if k == "as_float" => Arg::Float(x.as_f64().unwrap_or(f64::NAN)),
-            Some((k, x)) if k == "as_bool" => Arg::Bool(x.as_bool().unwrap_or(false)),
-            _ => bail!(Invalid, "{at}: bad symbolic value"),
-        },
+        "as_strings" => Arg::List(
+            arr(v, at)?
+                .iter()
+                .map(|x| str_of(x, at).map(|s| Arg::Str(s.into())))
+                .collect::<Result<_>>()?,
+        ),
+        "as_sym_int" | "as_sym_float" | "as_sym_bool" => {
+            match v.as_object().and_then(|o| o.iter().next()) {
+                Some((k, x)) if k == "as_name" => lookup(str_of(x, at)?)?,
+                Some((k, x)) if k == "as_int" => Arg::Int(int_of(x, at)?),
+                Some((k, x)) if k == "as_float" => Arg::Float(x.as_f64().unwrap_or(f64::NAN)),
+                Some((k, x)) if k == "as_bool" => Arg::Bool(x.as_bool().unwrap_or(false)),
+                _ => bail!(Invalid, "{at}: bad symbolic value"),
+            }
+        }
         "as_sym_ints" => Arg::List(
             arr(v, at)?
                 .iter()
@@ -425,4 +460,3 @@ fn arg(j: &J, env: &HashMap<String, Arg>, at: &str) -> Result<Arg> {
         k => bail!(Unsupported, "{at}: argument kind '{k}'"),
     })
 }
-

@@ -116,7 +116,9 @@ impl Reader<'_> {
     }
 
     fn u32(&mut self) -> R<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn line(&mut self) -> R<String> {
@@ -437,7 +439,9 @@ mod tests {
         p.extend((-3i32).to_le_bytes());
         p.extend([b'e', b'0', b'c']);
         p.extend(b"torch._utils\n_rebuild\n");
-        p.extend([b'(', b'X', 1, 0, 0, 0, b'0', b'Q', b'h', 0, 0x88, b't', b'R', b'.']);
+        p.extend([
+            b'(', b'X', 1, 0, 0, 0, b'0', b'Q', b'h', 0, 0x88, b't', b'R', b'.',
+        ]);
         let v = load(&p, "t").unwrap();
         assert_eq!(
             v,

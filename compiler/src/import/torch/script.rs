@@ -592,12 +592,18 @@ mod tests {
         let other = &c[0].methods[1];
         let (line, msg) = other.unsupported.as_ref().unwrap();
         assert_eq!(*line, 14);
-        assert!(msg.contains("control flow ('if') at code/__torch__.py line 14"), "{msg}");
+        assert!(
+            msg.contains("control flow ('if') at code/__torch__.py line 14"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn malformed_source_is_an_error() {
-        for bad in ["class M:\n  def f(self:\n", "class M:\n  def f(self) -> T:\n    x = 'a\n"] {
+        for bad in [
+            "class M:\n  def f(self:\n",
+            "class M:\n  def f(self) -> T:\n    x = 'a\n",
+        ] {
             assert!(parse(bad, "f.py").is_err(), "{bad:?}");
         }
     }

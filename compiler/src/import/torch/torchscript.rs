@@ -81,7 +81,10 @@ fn code_path(qual: &str) -> Result<(String, String)> {
         Unsupported,
         "class '{qual}' is not TorchScript code (__torch__.*)"
     );
-    Ok((format!("code/{}.py", module.replace('.', "/")), cls.to_string()))
+    Ok((
+        format!("code/{}.py", module.replace('.', "/")),
+        cls.to_string(),
+    ))
 }
 
 pub fn load(bytes: &[u8], opts: &ImportOptions) -> Result<Graph> {
@@ -144,7 +147,13 @@ pub fn load(bytes: &[u8], opts: &ImportOptions) -> Result<Graph> {
         let id = l.b.g.add_input(p, ValueType::new(dtype, shape.clone()))?;
         args.push(V::Arg(Arg::Tensor(id)));
     }
-    let out = l.run(&file, &forward, V::Module(root.clone(), String::new()), args, 0)?;
+    let out = l.run(
+        &file,
+        &forward,
+        V::Module(root.clone(), String::new()),
+        args,
+        0,
+    )?;
     let mut outs = Vec::new();
     flatten_outputs(&out, &mut outs)?;
     ensure!(!outs.is_empty(), Invalid, "forward returns no tensor");
@@ -363,13 +372,21 @@ impl Loader<'_, '_> {
         }))
     }
 
-    fn attr(&mut self, obj: &Expr, attr: &str, env: &HashMap<String, V>, depth: usize) -> Result<V> {
+    fn attr(
+        &mut self,
+        obj: &Expr,
+        attr: &str,
+        env: &HashMap<String, V>,
+        depth: usize,
+    ) -> Result<V> {
         match self.eval(obj, env, depth)? {
             V::Namespace(ns) if ns == "CONSTANTS" => {
                 let i: usize = attr
                     .strip_prefix('c')
                     .and_then(|n| n.parse().ok())
-                    .ok_or_else(|| Error::Invalid(format!("CONSTANTS.{attr} is not a constant name")))?;
+                    .ok_or_else(|| {
+                        Error::Invalid(format!("CONSTANTS.{attr} is not a constant name"))
+                    })?;
                 let key = format!("CONSTANTS.{attr}");
                 if let Some(a) = self.consts.get(&key) {
                     return Ok(V::Arg(a.clone()));
@@ -431,14 +448,13 @@ impl Loader<'_, '_> {
                     .map(|(i, x)| self.value_arg(x, dir, &format!("{name}.{i}")))
                     .collect::<Result<_>>()?,
             ),
-            Value::Call(f, args)
-                if matches!(f.as_ref(), Value::Global(g) if g.starts_with("torch.jit._pickle.")) =>
+            Value::Call(f, args) if matches!(f.as_ref(), Value::Global(g) if g.starts_with("torch.jit._pickle.")) =>
             {
                 // build_intlist / build_tensorlist / restore_type_tag wrap
                 // their first argument.
-                let first = args
-                    .first()
-                    .ok_or_else(|| Error::Invalid(format!("{name}: empty torch.jit._pickle call")))?;
+                let first = args.first().ok_or_else(|| {
+                    Error::Invalid(format!("{name}: empty torch.jit._pickle call"))
+                })?;
                 self.value_arg(first, dir, name)?
             }
             v => {
@@ -487,7 +503,11 @@ impl Loader<'_, '_> {
             .dotted()
             .ok_or_else(|| Error::Unsupported("calling a computed value".into()))?;
         if name == "annotate" {
-            ensure!(args.len() == 2, Invalid, "annotate takes a type and a value");
+            ensure!(
+                args.len() == 2,
+                Invalid,
+                "annotate takes a type and a value"
+            );
             return self.eval(&args[1], env, depth);
         }
         let op = match name.as_str() {
