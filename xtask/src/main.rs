@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask ci | conformance | models | check-ort | bench`.
+//! Project tasks: `cargo xtask ci | conformance | models | check-ort | bench |
+//! torchscript-fixtures`.
 
 mod bench;
 mod bench_aarch64;
@@ -8,6 +9,7 @@ mod conformance;
 mod examples;
 mod models;
 mod peak;
+mod torch_fixtures;
 mod venv;
 
 use clap::Parser;
@@ -31,6 +33,9 @@ enum Task {
     /// Time cpucc against onnxruntime (and OpenVINO) at 1 and 2 threads
     /// beside the measured FMA peak; never fails on speed.
     Bench(bench::Args),
+    /// Write the torch importer's fixtures (.pt, .pt2, .npy) with torch from
+    /// PyPI; `--big` checks full-size models instead (not committed).
+    TorchscriptFixtures(torch_fixtures::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +46,6 @@ fn main() -> anyhow::Result<()> {
         Task::Models(a) => models::main(a),
         Task::CheckOrt(a) => check_ort::main(a),
         Task::Bench(a) => bench::main(a),
+        Task::TorchscriptFixtures(a) => torch_fixtures::main(a),
     }
 }

@@ -1,5 +1,7 @@
-//! The project-local Python venv (`.venv`) holding onnx, onnxruntime and
-//! numpy, created on first use from `xtask/py/requirements.txt`.
+//! The project-local Python venvs, created on first use: `.venv` (onnx,
+//! onnxruntime, numpy from `xtask/py/requirements.txt`) and `.venv-torch`
+//! (torch, torchvision from `xtask/py/requirements-torch.txt`, kept apart
+//! because it is several GB and only fixture writers need it).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,10 +17,19 @@ pub fn root() -> PathBuf {
 
 /// The venv's python, installing the pinned requirements when they changed.
 pub fn python() -> anyhow::Result<PathBuf> {
+    venv_python(".venv", "requirements.txt")
+}
+
+/// The torch venv's python.
+pub fn torch_python() -> anyhow::Result<PathBuf> {
+    venv_python(".venv-torch", "requirements-torch.txt")
+}
+
+fn venv_python(dir: &str, requirements: &str) -> anyhow::Result<PathBuf> {
     let root = root();
-    let venv = root.join(".venv");
+    let venv = root.join(dir);
     let py = venv.join("bin/python");
-    let req = root.join("xtask/py/requirements.txt");
+    let req = root.join("xtask/py").join(requirements);
     let stamp = venv.join(".requirements");
     let want = std::fs::read_to_string(&req)?;
     if py.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::ir::{Graph, Tensor};
 
 pub mod onnx;
+pub mod torch;
 
 /// What the user tells an importer beyond the file.
 #[derive(Clone, Debug, Default)]
@@ -48,12 +49,8 @@ pub fn load(path: &Path, opts: &ImportOptions) -> Result<Graph> {
     if bytes.is_empty() {
         bail!(Invalid, "{}: the model file is empty", path.display());
     }
-    if bytes.starts_with(b"PK\x03\x04") {
-        bail!(
-            Unsupported,
-            "{}: zip archives (TorchScript .pt, torch.export .pt2) are not supported yet",
-            path.display()
-        );
+    if torch::is_zip(&bytes) {
+        return torch::load_bytes(&bytes, opts).map_err(|e| prefix_file(e, path));
     }
     onnx::load_bytes(&bytes, path.parent(), opts).map_err(|e| prefix_file(e, path))
 }
@@ -71,5 +68,8 @@ fn prefix_file(e: Error, path: &Path) -> Error {
 /// graph (to bind `--input FILE` arguments by position).
 pub fn input_names(path: &Path) -> Result<Vec<String>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if torch::is_zip(&bytes) {
+        return torch::input_names(&bytes).map_err(|e| prefix_file(e, path));
+    }
     onnx::input_names(&bytes).map_err(|e| prefix_file(e, path))
 }
