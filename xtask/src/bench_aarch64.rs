@@ -78,11 +78,10 @@ pub fn main(
     let work = root.join(out).join("aarch64");
     std::fs::create_dir_all(&work)?;
     let plugin = build_plugin(&work)?;
-    // The kernel variants: the target's own, and graviton2 (no SVE, the
-    // portable CLIF GEMM).
     let variants = [
         (target.to_string(), "sve"),
-        ("graviton2".to_string(), "clif"),
+        ("graviton2".to_string(), "neon"),
+        ("graviton2-neon".to_string(), "clif"),
     ];
     let mut table = String::new();
     writeln!(
