@@ -5,8 +5,9 @@
 //! Relu/Clip in registers, Sigmoid after the store, NHWC convolutions),
 //! compiled once for `graviton3` (SVE) and run at 128, 256 and 512-bit
 //! vectors — the code is vector-length agnostic — and for `graviton2`
-//! under `-cpu max,sve=off`. Also checks the objects' instructions: SVE
-//! in graviton3's, none in graviton2's. Needs aarch64-linux-gnu-gcc,
+//! (NEON kernels) under `-cpu max,sve=off`. Also checks the objects'
+//! instructions: SVE in graviton3's, NEON fmla-by-element and no SVE in
+//! graviton2's. Needs aarch64-linux-gnu-gcc,
 //! -objdump and qemu-aarch64 (installed by .ci/run); skips without them.
 
 use std::path::{Path, PathBuf};
@@ -194,6 +195,9 @@ fn sve_and_neon_gemms_match_the_interpreter_under_qemu() {
             spec == "graviton3",
             "{spec}: z registers"
         );
+        // The NEON tile's fmla by element (the CLIF kernel broadcasts).
+        let neon = asm.contains("fmla\tv") && asm.contains(".s[");
+        assert_eq!(neon, spec == "graviton2", "{spec}: NEON GEMM in the object");
         for &bits in lengths {
             let mut run_as = Target::parse(spec).unwrap();
             run_as.sve_bits = (bits > 0).then_some(bits);

@@ -1,7 +1,8 @@
 //! `cargo xtask bench --target graviton3`: work, not time, for aarch64
 //! targets (time under emulation means nothing). Each workload is compiled
-//! with `cpucc compile` for the SVE target and for NEON-only `graviton2`
-//! (whose GEMMs take the portable CLIF kernel), linked with the C harness
+//! with `cpucc compile` for the given target (SVE kernels), for
+//! `graviton2` (NEON kernels) and for `graviton2-neon` (the portable CLIF
+//! GEMM: without `neon` no hand-written kernel applies), linked with the C harness
 //! and run once under `qemu-aarch64` with an exact instruction counter: a
 //! TCG plugin (`qemu/insn_count.c`, built here with gcc) that adds each
 //! executed translation block's instruction count to the function it lies
@@ -10,7 +11,6 @@
 //! Conv nodes, machine-code tiles included) and in the whole model.
 //! Writes `target/bench/aarch64.json`.
 
-use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,6 +46,15 @@ const WORKLOADS: &[Workload] = &[
 
 /// GEMM-family ops: their nodes' kernels count as GEMM kernels.
 const GEMM_OPS: &[&str] = &["Gemm", "MatMul", "Conv"];
+/// The same ops as kernel symbols name them (after fusion).
+const GEMM_TAGS: &[&str] = &[
+    "Gemm",
+    "MatMul",
+    "Conv",
+    "cpucc_FusedGemm",
+    "cpucc_FusedMatMul",
+    "cpucc_FusedConv",
+];
 
 pub fn main(
     target: &str,
@@ -69,16 +78,15 @@ pub fn main(
     let work = root.join(out).join("aarch64");
     std::fs::create_dir_all(&work)?;
     let plugin = build_plugin(&work)?;
-    // The kernel variants: the target's own, and graviton2 (no SVE, the
-    // portable CLIF GEMM).
     let variants = [
         (target.to_string(), "sve"),
-        ("graviton2".to_string(), "clif"),
+        ("graviton2".to_string(), "neon"),
+        ("graviton2-neon".to_string(), "clif"),
     ];
     let mut table = String::new();
     writeln!(
         table,
-        "{:<10} {:<10} {:>14} {:>16} {:>12} {:>16} {:>12}",
+        "{:<10} {:<22} {:>14} {:>16} {:>12} {:>16} {:>12}",
         "workload", "kernels", "GEMM MACs", "GEMM insns", "insns/MAC", "model insns", "model/MAC"
     )?;
     let mut rows = Vec::new();
@@ -93,7 +101,6 @@ pub fn main(
             opts.shapes.insert(name.to_string(), dims.to_vec());
         }
         let g = import::load(&path, &opts)?;
-        let mut gemm_tags = HashSet::new();
         let mut gemm_macs = 0u64;
         let mut all_macs = 0u64;
         for n in g.node_indices() {
@@ -102,7 +109,6 @@ pub fn main(
             all_macs += macs;
             if GEMM_OPS.contains(&node.op.as_str()) {
                 gemm_macs += macs;
-                gemm_tags.insert(tag(&node.name));
             }
         }
         let dir = work.join(w.label);
@@ -121,7 +127,7 @@ pub fn main(
             let counts = count(&cpucc, &path, w, spec, &vdir, &inputs, &plugin)?;
             let gemm: u64 = counts
                 .iter()
-                .filter(|(name, _)| gemm_tags.iter().any(|t| is_node_kernel(name, t)))
+                .filter(|(name, _)| GEMM_TAGS.iter().any(|t| is_op_kernel(name, t)))
                 .map(|(_, c)| c)
                 .sum();
             let model: u64 = counts.iter().map(|(_, c)| c).sum();
@@ -129,7 +135,7 @@ pub fn main(
             let per_all = model as f64 / all_macs.max(1) as f64;
             writeln!(
                 table,
-                "{:<10} {:<10} {:>14} {:>16} {:>12.4} {:>16} {:>12.4}",
+                "{:<10} {:<22} {:>14} {:>16} {:>12.4} {:>16} {:>12.4}",
                 w.label,
                 format!("{kind} ({spec})"),
                 gemm_macs,
@@ -152,16 +158,9 @@ pub fn main(
     Ok(())
 }
 
-/// A node name as it appears in kernel symbols (`lower::begin_node`).
-fn tag(name: &str) -> String {
-    name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
-}
-
 /// Whether symbol `sym` (`model_k12_TAG`, `model_mc3_TAG`) is a kernel of
-/// the node tagged `t`.
-fn is_node_kernel(sym: &str, t: &str) -> bool {
+/// a node whose op is tagged `t` (`lower::begin_node`).
+fn is_op_kernel(sym: &str, t: &str) -> bool {
     let Some(rest) = sym.strip_prefix("model_") else {
         return false;
     };

@@ -102,7 +102,8 @@ pub fn lower_graph(
     lw.avx512 = isa::has_avx512(target);
     lw.bf16 = bf16;
     lw.sve = isa::has_sve(target);
-    lw.neon = isa::is_aarch64(target) && !lw.sve;
+    // `-neon` on an aarch64 target keeps GEMMs on the portable CLIF kernel.
+    lw.neon = isa::is_aarch64(target) && target.has("neon") && !lw.sve;
     lw.l1d = target.caches.l1d;
     lw.clif = dumps.clif.take();
     lw.asm = dumps.asm.take();
