@@ -106,6 +106,8 @@ fixture_tests! {
     encoder2_pt2 => "encoder2.pt2",
     ops_mix_pt => "ops_mix.pt",
     ops_mix_pt2 => "ops_mix.pt2",
+    mlp_unfrozen_pt => "mlp_unfrozen.pt",
+    mlp_unfrozen_pt2 => "mlp_unfrozen.pt2",
 }
 
 #[test]
@@ -195,8 +197,10 @@ fn with_entry(pt: &[u8], suffix: &str, mut f: impl FnMut(Vec<u8>) -> Vec<u8>) ->
 }
 
 fn import(bytes: &[u8]) -> cpucc::Result<cpucc::ir::Graph> {
-    let mut opts = ImportOptions::default();
-    opts.shapes = HashMap::from([("x".to_string(), vec![1, 16, 32, 32])]);
+    let opts = ImportOptions {
+        shapes: HashMap::from([("x".to_string(), vec![1, 16, 32, 32])]),
+        ..Default::default()
+    };
     torch::load_bytes(bytes, &opts)
 }
 

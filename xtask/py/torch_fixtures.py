@@ -147,6 +147,8 @@ def small():
     yield "encoder2", Encoder(100, 64, 4, 128, 2, 16), [torch.randint(0, 100, (1, 16))]
     yield "ops_mix", OpsMix(), [torch.randn(1, 8, 16, 16)]
     yield "unsupported_cumsum", Cumsum(), [torch.randn(2, 8)]
+    # Traced but not frozen: submodule calls and attributes stay in code/.
+    yield "mlp_unfrozen", mlp([64, 32, 10]), [torch.randn(4, 64)]
 
 
 def big():
@@ -166,7 +168,9 @@ def main():
         model.eval()
         with torch.no_grad():
             want = model(*inputs)
-        traced = torch.jit.freeze(torch.jit.trace(model, inputs, check_trace=False))
+        traced = torch.jit.trace(model, inputs, check_trace=False)
+        if not name.endswith("_unfrozen"):
+            traced = torch.jit.freeze(traced)
         torch.jit.save(traced, os.path.join(out, f"{name}.pt"))
         ep = torch.export.export(model, tuple(inputs))
         torch.export.save(ep, os.path.join(out, f"{name}.pt2"))

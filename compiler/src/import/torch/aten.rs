@@ -784,8 +784,8 @@ fn conv_attrs(
             let w = b.tensor_ty(&a[1])?;
             let mut begin = Vec::new();
             let mut end = Vec::new();
-            for i in 0..spatial {
-                let total = dilation[i] * (w.shape[2 + i] as i64 - 1);
+            for (i, d) in dilation.iter().enumerate().take(spatial) {
+                let total = d * (w.shape[2 + i] as i64 - 1);
                 begin.push(total / 2);
                 end.push(total - total / 2);
             }

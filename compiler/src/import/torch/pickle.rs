@@ -176,7 +176,7 @@ impl Reader<'_> {
     }
 
     fn set_items(&mut self, dict: usize, items: &[usize]) -> R<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err("SETITEMS with an odd number of items".into());
         }
         let Obj::Dict(d) = &mut self.arena[dict] else {

@@ -213,6 +213,9 @@ fn lex(src: &str, file: &str) -> Result<Vec<Line>> {
     Ok(lines)
 }
 
+/// Positional and keyword arguments of a call.
+type CallArgs = (Vec<Expr>, Vec<(String, Expr)>);
+
 struct P<'a> {
     toks: &'a [Tok],
     pos: usize,
@@ -352,7 +355,7 @@ impl P<'_> {
         Ok(v)
     }
 
-    fn call_args(&mut self) -> Result<(Vec<Expr>, Vec<(String, Expr)>)> {
+    fn call_args(&mut self) -> Result<CallArgs> {
         let (mut args, mut kwargs) = (Vec::new(), Vec::new());
         while !self.eat(")") {
             let kw = matches!(
@@ -499,7 +502,7 @@ fn statement(p: &mut P) -> Result<Stmt> {
         }
     }
     let mut targets = Vec::new();
-    let is_assign = p.toks.iter().any(|t| *t == Tok::Op("="));
+    let is_assign = p.toks.contains(&Tok::Op("="));
     if is_assign {
         loop {
             targets.push(p.name()?);

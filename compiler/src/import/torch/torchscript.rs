@@ -482,26 +482,33 @@ impl Loader<'_, '_> {
         depth: usize,
     ) -> Result<V> {
         // Method calls on submodules: `self.conv.forward(x)`.
-        if let Expr::Attr(obj, meth) = f {
-            if let V::Module(m, path) = self.eval(obj, env, depth)? {
-                ensure!(
-                    kwargs.is_empty(),
-                    Unsupported,
-                    "keyword arguments to a module method"
-                );
-                let qual = class_of(&m).unwrap_or_default().to_string();
-                let (file, method) = self.method(&qual, meth)?;
-                let vals = args
-                    .iter()
-                    .map(|a| self.eval(a, env, depth))
-                    .collect::<Result<Vec<_>>>()?;
-                let r = self.run(&file, &method, V::Module(m, path), vals, depth + 1)?;
-                return Ok(V::Arg(r));
-            }
+        if let Expr::Attr(obj, meth) = f
+            && let V::Module(m, path) = self.eval(obj, env, depth)?
+        {
+            ensure!(
+                kwargs.is_empty(),
+                Unsupported,
+                "keyword arguments to a module method"
+            );
+            let qual = class_of(&m).unwrap_or_default().to_string();
+            let (file, method) = self.method(&qual, meth)?;
+            let vals = args
+                .iter()
+                .map(|a| self.eval(a, env, depth))
+                .collect::<Result<Vec<_>>>()?;
+            let r = self.run(&file, &method, V::Module(m, path), vals, depth + 1)?;
+            return Ok(V::Arg(r));
         }
         let name = f
             .dotted()
             .ok_or_else(|| Error::Unsupported("calling a computed value".into()))?;
+        if name == "getattr" {
+            // `getattr(self, "0")`: Sequential children have numeric names.
+            let [obj, Expr::Str(attr)] = args else {
+                bail!(Unsupported, "getattr with a computed attribute name");
+            };
+            return self.attr(obj, attr, env, depth);
+        }
         if name == "annotate" {
             ensure!(
                 args.len() == 2,
