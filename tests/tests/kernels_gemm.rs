@@ -375,13 +375,15 @@ fn channels_last_global_average_pool() {
     }
 }
 
+/// (shape NHWC, kernel, strides, pads, dilations, ceil_mode)
+type PoolCase = ([usize; 4], [i64; 2], [i64; 2], [i64; 4], [i64; 2], i64);
+
 /// Channels-last MaxPool (the depthwise kernel's window walk with max):
 /// padding, strides, dilation, ceil_mode and non-square windows.
 #[test]
 fn channels_last_max_pool() {
     let mut rng = SplitMix64::new(9);
-    // (shape NHWC, kernel, strides, pads, dilations, ceil_mode)
-    let cases: [([usize; 4], [i64; 2], [i64; 2], [i64; 4], [i64; 2], i64); 5] = [
+    let cases: [PoolCase; 5] = [
         ([1, 12, 11, 8], [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], 0),
         ([2, 6, 6, 5], [2, 2], [2, 2], [0, 0, 0, 0], [1, 1], 0),
         ([1, 7, 8, 4], [3, 2], [2, 2], [0, 1, 1, 0], [1, 1], 1),
