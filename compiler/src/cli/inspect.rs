@@ -57,7 +57,11 @@ pub fn main(a: Args) -> cpucc::Result<()> {
         let target = super::engine::target("native")?;
         let m = JitModel::compile(&g, &target, &mut Dumps::default())?;
         for s in &m.iface.sources {
-            let kernel = if s.kernel.is_empty() { "clif" } else { &s.kernel };
+            let kernel = if s.kernel.is_empty() {
+                "clif"
+            } else {
+                &s.kernel
+            };
             println!("{:<40} {:<22} {kernel}", s.node, s.op);
         }
         return Ok(());
