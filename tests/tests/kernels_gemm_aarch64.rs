@@ -195,9 +195,12 @@ fn sve_and_neon_gemms_match_the_interpreter_under_qemu() {
             spec == "graviton3",
             "{spec}: z registers"
         );
-        // The NEON tile's fmla by element (the CLIF kernel broadcasts).
-        let neon = asm.contains("fmla\tv") && asm.contains(".s[");
-        assert_eq!(neon, spec == "graviton2", "{spec}: NEON GEMM in the object");
+        // The NEON tile's fmla by element (the CLIF GEMM broadcasts; other
+        // CLIF kernels may still use by-element fmla on SVE targets).
+        if spec == "graviton2" {
+            let neon = asm.contains("fmla\tv") && asm.contains(".s[");
+            assert!(neon, "{spec}: NEON GEMM in the object");
+        }
         for &bits in lengths {
             let mut run_as = Target::parse(spec).unwrap();
             run_as.sve_bits = (bits > 0).then_some(bits);
