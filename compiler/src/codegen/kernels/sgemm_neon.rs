@@ -13,14 +13,11 @@
 //! Relu/Clip are applied in registers.
 
 use cpucc_targets::aarch64::{Asm, Cond, SP, V, X, XZR};
-use cranelift_codegen::ir::types::I64;
-use cranelift_codegen::ir::{AbiParam, Signature};
 
 use super::gemm::{Act, Gemm};
-use super::sgemm_sve::{Tile, in_registers};
-use super::tiled::{self, Tiles};
+use super::tiled::{self, Tile};
 use crate::codegen::lower::{Buf, Lower};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 pub const NR: usize = 16;
 pub const MR: usize = 6;
@@ -357,38 +354,5 @@ pub fn assemble(t: &Tile) -> std::result::Result<Vec<u8>, String> {
 /// C = epilogue(A · packed B); `packed` holds one panel set of
 /// `packed_len(n, k, NR)` floats per batch element.
 pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
-    let act_in_regs = in_registers(g.act);
-    let tile = |mr| Tile {
-        mr,
-        lda: g.a.rs,
-        ldc: g.c.rs,
-        bias: g.bias.as_ref().map(|b| (b.rs, b.cs == 1)),
-        beta: g.beta,
-        res: g.residual.as_ref().map(|r| (r.rs, r.cs == 1)),
-        alpha: g.alpha,
-        act: if act_in_regs { g.act } else { Act::None },
-    };
-    let tail_rows = g.m - (g.m.div_ceil(MR) - 1) * MR;
-    let full = define(lw, &tile(MR))?;
-    let tail = if tail_rows == MR {
-        full
-    } else {
-        define(lw, &tile(tail_rows))?
-    };
-    let t = Tiles {
-        mr: MR,
-        nr: NR,
-        full,
-        tail,
-        act_in_regs,
-    };
-    tiled::drive(lw, g, packed, &t)
-}
-
-fn define(lw: &mut Lower, t: &Tile) -> Result<cranelift_module::FuncId> {
-    let bytes =
-        assemble(t).map_err(|e| Error::Internal(format!("assembling NEON GEMM tile: {e}")))?;
-    let mut sig = Signature::new(lw.cc);
-    sig.params.extend([AbiParam::new(I64); 6]);
-    lw.machine_code(&sig, &bytes)
+    tiled::compute(lw, g, packed, (MR, NR), "NEON", assemble)
 }

@@ -15,13 +15,11 @@
 //! in registers before the predicated stores.
 
 use cpucc_targets::aarch64::{Asm, Cond, P, Pattern, X, Z};
-use cranelift_codegen::ir::types::I64;
-use cranelift_codegen::ir::{AbiParam, Signature};
 
 use super::gemm::{Act, Gemm, Mat};
-use super::tiled::{self, Tiles};
+use super::tiled::{self, Tile};
 use crate::codegen::lower::{Buf, Lower};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 pub const NR: usize = 32;
 pub const MR: usize = 8;
@@ -37,25 +35,6 @@ pub fn fits(lw: &Lower, g: &Gemm) -> bool {
         && g.c.cs == 1
         && unit(&g.bias)
         && unit(&g.residual)
-}
-
-/// Activations applied in registers.
-pub fn in_registers(act: Act) -> bool {
-    matches!(act, Act::None | Act::Relu | Act::Clip(..))
-}
-
-/// The compile-time shape of one tile function (strides in elements).
-pub struct Tile {
-    pub mr: usize,
-    pub lda: i64,
-    pub ldc: i64,
-    /// Row stride and whether columns are contiguous (else one value per
-    /// row, broadcast).
-    pub bias: Option<(i64, bool)>,
-    pub beta: f32,
-    pub res: Option<(i64, bool)>,
-    pub alpha: f32,
-    pub act: Act,
 }
 
 // Registers. Arguments: x0 a, x1 b, x2 c, x3 bias, x4 residual, x5 ctl.
@@ -295,38 +274,5 @@ pub fn assemble(t: &Tile) -> std::result::Result<Vec<u8>, String> {
 /// C = epilogue(A · packed B); `packed` holds one panel set of
 /// `packed_len(n, k, NR)` floats per batch element.
 pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
-    let act_in_regs = in_registers(g.act);
-    let tile = |mr| Tile {
-        mr,
-        lda: g.a.rs,
-        ldc: g.c.rs,
-        bias: g.bias.as_ref().map(|b| (b.rs, b.cs == 1)),
-        beta: g.beta,
-        res: g.residual.as_ref().map(|r| (r.rs, r.cs == 1)),
-        alpha: g.alpha,
-        act: if act_in_regs { g.act } else { Act::None },
-    };
-    let tail_rows = g.m - (g.m.div_ceil(MR) - 1) * MR;
-    let full = define(lw, &tile(MR))?;
-    let tail = if tail_rows == MR {
-        full
-    } else {
-        define(lw, &tile(tail_rows))?
-    };
-    let t = Tiles {
-        mr: MR,
-        nr: NR,
-        full,
-        tail,
-        act_in_regs,
-    };
-    tiled::drive(lw, g, packed, &t)
-}
-
-fn define(lw: &mut Lower, t: &Tile) -> Result<cranelift_module::FuncId> {
-    let bytes =
-        assemble(t).map_err(|e| Error::Internal(format!("assembling SVE GEMM tile: {e}")))?;
-    let mut sig = Signature::new(lw.cc);
-    sig.params.extend([AbiParam::new(I64); 6]);
-    lw.machine_code(&sig, &bytes)
+    tiled::compute(lw, g, packed, (MR, NR), "SVE", assemble)
 }

@@ -16,26 +16,45 @@
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{F32, F32X4, I64};
-use cranelift_codegen::ir::{InstBuilder, Value};
+use cranelift_codegen::ir::{AbiParam, InstBuilder, Signature, Value};
 use cranelift_module::FuncId;
 
 use super::gemm::{Act, Gemm, Mat};
 use crate::codegen::builder::{Kb, mem};
 use crate::codegen::lower::{Buf, Lower};
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// Activations applied in registers.
+pub fn in_registers(act: Act) -> bool {
+    matches!(act, Act::None | Act::Relu | Act::Clip(..))
+}
+
+/// The compile-time shape of one tile function (strides in elements).
+pub struct Tile {
+    pub mr: usize,
+    pub lda: i64,
+    pub ldc: i64,
+    /// Row stride and whether columns are contiguous (else one value per
+    /// row, broadcast).
+    pub bias: Option<(i64, bool)>,
+    pub beta: f32,
+    pub res: Option<(i64, bool)>,
+    pub alpha: f32,
+    pub act: Act,
+}
 
 /// The tile functions of one GEMM node and their blocking.
-pub struct Tiles {
+struct Tiles {
     /// Rows of a full tile and panel width (floats).
-    pub mr: usize,
-    pub nr: usize,
+    mr: usize,
+    nr: usize,
     /// Tile functions for full row blocks and for the last (partial) one;
     /// the same function when `mr` divides M.
-    pub full: FuncId,
-    pub tail: FuncId,
+    full: FuncId,
+    tail: FuncId,
     /// Whether the tile functions apply the activation themselves (else
     /// it runs here over each stored tile while it is in L1).
-    pub act_in_regs: bool,
+    act_in_regs: bool,
 }
 
 /// Depth block: a panel block of `kc x nr` floats fills about half of L1.
@@ -65,7 +84,7 @@ fn split(batch: usize, panels: usize, mblocks: usize, mr: usize, kc: usize) -> (
 /// C = epilogue(A · packed B) through the tile functions `t`; `packed`
 /// holds one panel set of `packed_len(n, k, t.nr)` floats per batch
 /// element.
-pub fn drive(lw: &mut Lower, g: &Gemm, packed: Buf, t: &Tiles) -> Result<()> {
+fn drive(lw: &mut Lower, g: &Gemm, packed: Buf, t: &Tiles) -> Result<()> {
     let (m, n, k, mr, nr) = (g.m, g.n, g.k, t.mr, t.nr);
     let panels = n.div_ceil(nr);
     let mblocks = m.div_ceil(mr);
@@ -219,6 +238,51 @@ fn post_act(kb: &mut Kb, act: Act, ldc: i64, c: Value, rows: usize, cols: Value)
             kb.b.ins().store(mem(), v, addr, 0);
         });
     }
+}
+
+/// C = epilogue(A · packed B) with the tile functions `assemble` writes
+/// for `mr`-row blocks of `nr`-column panels (`isa` names them in errors).
+pub fn compute(
+    lw: &mut Lower,
+    g: &Gemm,
+    packed: Buf,
+    (mr, nr): (usize, usize),
+    isa: &str,
+    assemble: fn(&Tile) -> std::result::Result<Vec<u8>, String>,
+) -> Result<()> {
+    let act_in_regs = in_registers(g.act);
+    let tile = |mr| Tile {
+        mr,
+        lda: g.a.rs,
+        ldc: g.c.rs,
+        bias: g.bias.as_ref().map(|b| (b.rs, b.cs == 1)),
+        beta: g.beta,
+        res: g.residual.as_ref().map(|r| (r.rs, r.cs == 1)),
+        alpha: g.alpha,
+        act: if act_in_regs { g.act } else { Act::None },
+    };
+    let mut define = |t: &Tile| -> Result<FuncId> {
+        let bytes =
+            assemble(t).map_err(|e| Error::Internal(format!("assembling {isa} GEMM tile: {e}")))?;
+        let mut sig = Signature::new(lw.cc);
+        sig.params.extend([AbiParam::new(I64); 6]);
+        lw.machine_code(&sig, &bytes)
+    };
+    let tail_rows = g.m - (g.m.div_ceil(mr) - 1) * mr;
+    let full = define(&tile(mr))?;
+    let tail = if tail_rows == mr {
+        full
+    } else {
+        define(&tile(tail_rows))?
+    };
+    let t = Tiles {
+        mr,
+        nr,
+        full,
+        tail,
+        act_in_regs,
+    };
+    drive(lw, g, packed, &t)
 }
 
 #[cfg(test)]
