@@ -174,6 +174,29 @@ impl<'a> Kb<'a> {
         start
     }
 
+    /// Copies `len` f32s from `src` to `dst` (f32x4 with a scalar tail).
+    pub fn copy_f32(&mut self, src: Value, dst: Value, len: Value) {
+        let z = self.i(0);
+        self.for_vec(z, len, 4, |kb, j, lanes| {
+            let ty = if lanes == 1 { F32 } else { F32X4 };
+            let s = kb.gep(src, j, 4);
+            let v = kb.b.ins().load(ty, mem(), s, 0);
+            let d = kb.gep(dst, j, 4);
+            kb.b.ins().store(mem(), v, d, 0);
+        });
+    }
+
+    /// Stores `len` f32 zeros at `dst`.
+    pub fn zero_f32(&mut self, dst: Value, len: Value) {
+        let z = self.i(0);
+        self.for_vec(z, len, 4, |kb, j, lanes| {
+            let ty = if lanes == 1 { F32 } else { F32X4 };
+            let v = kb.constant(ty, 0.0);
+            let d = kb.gep(dst, j, 4);
+            kb.b.ins().store(mem(), v, d, 0);
+        });
+    }
+
     /// `if cond { then }`.
     pub fn if_(&mut self, cond: Value, then: impl FnOnce(&mut Self)) {
         let t = self.b.create_block();

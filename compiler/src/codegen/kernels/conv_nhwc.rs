@@ -9,7 +9,7 @@
 //! and run-time weights keep the NCHW path (through the NHWC adapter).
 
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::types::{F32, F32X4, I64};
+use cranelift_codegen::ir::types::I64;
 use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value};
 
 use super::NodeCx;
@@ -17,7 +17,7 @@ use super::bf16gemm;
 use super::gemm::{self, Gemm, Mat};
 use super::linalg::{ConvGeom, activation, conv_geom_of};
 use super::zgemm;
-use crate::codegen::builder::{Kb, mem};
+use crate::codegen::builder::Kb;
 use crate::codegen::lower::{Buf, Lower};
 use crate::error::Result;
 use crate::ir::DType;
@@ -116,11 +116,13 @@ pub fn lower(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
         return bf16gemm::conv(lw, &g, packed, &geo);
     }
     if lw.avx512 {
+        // A is the gathered depth block: rows of `kc` columns.
+        let kc = zgemm::depth_block(lw, kk);
         let g = gemm_for(
             p,
             Mat {
                 buf: x.buf,
-                rs: kk as i64,
+                rs: kc as i64,
                 cs: 1,
             },
             kk,
@@ -217,23 +219,25 @@ fn im2col(
                 let pos = kb.muli(r, ow as i64);
                 let pos = kb.b.ins().iadd(pos, q);
                 let row = kb.gep(cp, pos, (kk * 4) as i64);
-                gather_row(kb, xp, row, r, q, (h, wd, c), geo);
+                gather_cols(kb, xp, row, (r, q), (h, wd, c), geo, (0, kk));
             });
         });
     })
 }
 
-/// Writes output position (`r`, `q`)'s im2col row at `row`: per kernel
-/// tap, C contiguous input channels of the image at `xp`, or zeros where
+/// Writes columns `[k0, k1)` of output position (`r`, `q`)'s im2col row
+/// to `row`. Per kernel row, the columns are one contiguous run of the
+/// NHWC input when its taps are adjacent (no dilation) and inside the
+/// image, copied at once; otherwise per tap, C channels or zeros where
 /// the tap falls into the padding.
-fn gather_row(
+fn gather_cols(
     kb: &mut Kb,
     xp: Value,
     row: Value,
-    r: Value,
-    q: Value,
+    (r, q): (Value, Value),
     (h, wd, c): (usize, usize, usize),
     geo: &ConvGeom,
+    (k0, k1): (usize, usize),
 ) {
     let (kh, kw) = (geo.kernel[0], geo.kernel[1]);
     let (s0, s1) = (geo.strides[0] as i64, geo.strides[1] as i64);
@@ -243,57 +247,119 @@ fn gather_row(
     let ih0 = kb.addi(ih0, -p0);
     let iw0 = kb.muli(q, s1);
     let iw0 = kb.addi(iw0, -p1);
+    let span = kw * c;
+    let in_range = |kb: &mut Kb, v: Value, n: usize| {
+        kb.b.ins().icmp_imm_u(IntCC::UnsignedLessThan, v, n as i64)
+    };
     for a in 0..kh {
-        for bb in 0..kw {
-            let ih = kb.addi(ih0, a as i64 * d0);
-            let iw = kb.addi(iw0, bb as i64 * d1);
-            let okh = kb.b.ins().icmp_imm_u(IntCC::UnsignedLessThan, ih, h as i64);
-            let okw =
-                kb.b.ins()
-                    .icmp_imm_u(IntCC::UnsignedLessThan, iw, wd as i64);
-            let ok = kb.b.ins().band(okh, okw);
-            let dst = kb.addi(row, ((a * kw + bb) * c * 4) as i64);
-            let copy = kb.b.create_block();
-            let zero = kb.b.create_block();
-            let done = kb.b.create_block();
-            kb.b.ins().brif(ok, copy, &[], zero, &[]);
-            kb.b.switch_to_block(copy);
-            let pix = kb.muli(ih, wd as i64);
-            let pix = kb.b.ins().iadd(pix, iw);
-            let src = kb.gep(xp, pix, (c * 4) as i64);
-            let z = kb.i(0);
-            let cv = kb.i(c as i64);
-            kb.for_vec(z, cv, 4, |kb, j, lanes| {
-                let ty = if lanes == 1 { F32 } else { F32X4 };
-                let s = kb.gep(src, j, 4);
-                let v = kb.b.ins().load(ty, mem(), s, 0);
-                let d = kb.gep(dst, j, 4);
-                kb.b.ins().store(mem(), v, d, 0);
-            });
-            kb.b.ins().jump(done, &[]);
-            kb.b.switch_to_block(zero);
-            let z = kb.i(0);
-            let cv = kb.i(c as i64);
-            kb.for_vec(z, cv, 4, |kb, j, lanes| {
-                let ty = if lanes == 1 { F32 } else { F32X4 };
-                let v = kb.constant(ty, 0.0);
-                let d = kb.gep(dst, j, 4);
-                kb.b.ins().store(mem(), v, d, 0);
-            });
-            kb.b.ins().jump(done, &[]);
-            kb.b.switch_to_block(done);
+        let (lo, hi) = (k0.max(a * span), k1.min((a + 1) * span));
+        if lo >= hi {
+            continue;
         }
+        let ih = kb.addi(ih0, a as i64 * d0);
+        let okh = in_range(kb, ih, h);
+        let (b_lo, b_hi) = ((lo - a * span) / c, (hi - 1 - a * span) / c);
+        let pix = kb.muli(ih, wd as i64);
+        // Column `k` of this kernel row (tap `b`) reads input pixel
+        // (ih, iw0 + b*d1), channel k - a*span - b*c.
+        let taps = |kb: &mut Kb| {
+            for b in b_lo..=b_hi {
+                let t0 = a * span + b * c;
+                let (tlo, thi) = (lo.max(t0), hi.min(t0 + c));
+                let iw = kb.addi(iw0, b as i64 * d1);
+                let okw = in_range(kb, iw, wd);
+                let ok = kb.b.ins().band(okh, okw);
+                let px = kb.b.ins().iadd(pix, iw);
+                let src = kb.gep(xp, px, (c * 4) as i64);
+                let src = kb.addi(src, ((tlo - t0) * 4) as i64);
+                let dst = kb.addi(row, ((tlo - k0) * 4) as i64);
+                copy_or_zero(kb, ok, src, dst, thi - tlo);
+            }
+        };
+        if d1 != 1 || b_lo == b_hi {
+            taps(kb);
+            continue;
+        }
+        let first = kb.addi(iw0, b_lo as i64);
+        let last = kb.addi(iw0, b_hi as i64);
+        let ok_first = in_range(kb, first, wd);
+        let ok_last = in_range(kb, last, wd);
+        let ok = kb.b.ins().band(ok_first, ok_last);
+        let ok = kb.b.ins().band(ok, okh);
+        let (run, edge, done) = (
+            kb.b.create_block(),
+            kb.b.create_block(),
+            kb.b.create_block(),
+        );
+        kb.b.ins().brif(ok, run, &[], edge, &[]);
+        kb.b.switch_to_block(run);
+        let px = kb.b.ins().iadd(pix, iw0);
+        let src = kb.gep(xp, px, (c * 4) as i64);
+        let src = kb.addi(src, ((lo - a * span) * 4) as i64);
+        let dst = kb.addi(row, ((lo - k0) * 4) as i64);
+        let n = kb.i((hi - lo) as i64);
+        kb.copy_f32(src, dst, n);
+        kb.b.ins().jump(done, &[]);
+        kb.b.switch_to_block(edge);
+        taps(kb);
+        kb.b.ins().jump(done, &[]);
+        kb.b.switch_to_block(done);
     }
 }
 
-/// Bytes of A rows a blocked convolution gathers at a time (about half
-/// of L2, so the block and the B panels it meets stay cached).
-const A_BLOCK_BYTES: usize = 128 << 10;
+/// Copies `len` floats from `src` to `dst` if `ok`, else writes zeros.
+fn copy_or_zero(kb: &mut Kb, ok: Value, src: Value, dst: Value, len: usize) {
+    let (yes, no, done) = (
+        kb.b.create_block(),
+        kb.b.create_block(),
+        kb.b.create_block(),
+    );
+    let n = kb.i(len as i64);
+    kb.b.ins().brif(ok, yes, &[], no, &[]);
+    kb.b.switch_to_block(yes);
+    kb.copy_f32(src, dst, n);
+    kb.b.ins().jump(done, &[]);
+    kb.b.switch_to_block(no);
+    kb.zero_f32(dst, n);
+    kb.b.ins().jump(done, &[]);
+    kb.b.switch_to_block(done);
+}
+
+/// Bytes of A a blocked convolution gathers at a time (rows of one depth
+/// block; an eighth of L2, so the block, the C rows it updates and the
+/// B panels it meets stay cached).
+const A_BLOCK_BYTES: usize = 256 << 10;
+
+/// Work items wanted when the shape allows (threads take contiguous item
+/// ranges).
+const WANT_ITEMS: usize = 8;
+
+/// Row blocks and panel groups per image: at least [`WANT_ITEMS`] items
+/// where the shape allows, by the split that adds the least traffic. Each
+/// panel group gathers A's `p` rows again (a copy, weighted 3) and each
+/// row block reads all `o` columns of B again.
+fn split(n: usize, p: usize, panels: usize, max_rb: usize, o: usize) -> (usize, usize) {
+    let min_blk = p.div_ceil(max_rb);
+    let max_blk = p.div_ceil(zgemm::ZMR).min(min_blk.max(WANT_ITEMS));
+    let mut best = ((usize::MAX, usize::MAX), (min_blk, 1));
+    for nblk in min_blk..=max_blk {
+        for groups in 1..=panels.min(WANT_ITEMS) {
+            let short = WANT_ITEMS.saturating_sub(n * nblk * groups);
+            let key = (short, 3 * groups * p + nblk * o);
+            if key < best.0 {
+                best = (key, (nblk, groups));
+            }
+        }
+    }
+    best.1
+}
 
 /// The AVX-512 form: work items are (image, block of `rb` output
-/// positions); each gathers its block's im2col rows into a buffer on the
-/// calling thread's stack and runs the microkernel's tiles over it, so
-/// the gathered rows never leave L2 and no image-sized buffer exists.
+/// positions, group of column panels). Per depth block, an item gathers
+/// its rows' columns of that block into a buffer on the calling thread's
+/// stack and runs the microkernel's tiles over it, so B is read once per
+/// row block (a row block spans as many positions as fit the buffer) and
+/// no image-sized buffer exists. `g.a.rs` is the depth block.
 fn blocked(
     lw: &mut Lower,
     g: &Gemm,
@@ -303,17 +369,20 @@ fn blocked(
     geo: &ConvGeom,
     bmat: &[f32],
 ) -> Result<()> {
+    const ZMR: usize = zgemm::ZMR;
     let (p, o, kk) = (g.m, g.n, g.k);
-    let fit = (A_BLOCK_BYTES / (kk * 4)) / zgemm::ZMR * zgemm::ZMR;
-    let rb = fit
-        .clamp(zgemm::ZMR, 8 * zgemm::ZMR)
-        .min(p.div_ceil(zgemm::ZMR) * zgemm::ZMR);
-    let nblk = p.div_ceil(rb);
     let packed = lw.data(gemm::pack_const(bmat, kk, o, o, 1, zgemm::ZNR))?;
-    let pl = zgemm::plan(lw, g)?;
+    let pl = zgemm::plan(lw, g, g.a.rs)?;
+    let (kc, panels) = (pl.kc, pl.panels);
+    let max_rb = (A_BLOCK_BYTES / (kc * 4) / ZMR * ZMR).max(ZMR);
+    let (nblk, groups) = split(n, p, panels, max_rb, o);
+    let rb = p.div_ceil(nblk).next_multiple_of(ZMR);
+    let nblk = p.div_ceil(rb);
+    let ppg = panels.div_ceil(groups);
+    let groups = panels.div_ceil(ppg);
     lw.note_kernel(format!(
-        "nhwc conv: im2col blocks of {rb}x{kk} on the stack + avx512 gemm {}x{} tiles, N={o}, items {n}x{nblk}",
-        zgemm::ZMR,
+        "nhwc conv: im2col blocks of {rb}x{kc} on the stack + avx512 gemm {ZMR}x{} tiles, \
+         K={kk} N={o}, items {n}x{nblk}x{groups}",
         zgemm::ZNR
     ));
     let mut bufs = vec![x, packed, g.c.buf];
@@ -325,13 +394,13 @@ fn blocked(
         bufs.push(r.buf);
         bufs.len() - 1
     });
-    let mblocks = p.div_ceil(zgemm::ZMR) as i64;
-    let per_blk = (rb / zgemm::ZMR) as i64;
+    let mblocks = p.div_ceil(ZMR) as i64;
+    let per_blk = (rb / ZMR) as i64;
     let callees = pl.callees.clone();
-    lw.kernel_calling(bufs, n * nblk, false, &callees, |kb, refs| {
+    lw.kernel_calling(bufs, n * nblk * groups, false, &callees, |kb, refs| {
         let slot = kb.b.create_sized_stack_slot(StackSlotData::new(
             StackSlotKind::ExplicitSlot,
-            (rb * kk * 4) as u32,
+            (rb * kc * 4) as u32,
             6,
         ));
         let buf = kb.b.ins().stack_addr(I64, slot, 0);
@@ -340,8 +409,10 @@ fn blocked(
         let resp = res_arg.map(|j| kb.arg(j));
         let (b, e) = (kb.begin, kb.end);
         kb.for_range(b, e, 1, |kb, item| {
-            let img = kb.b.ins().udiv_imm_u(item, nblk as i64);
-            let blk = kb.b.ins().urem_imm_u(item, nblk as i64);
+            let img = kb.b.ins().udiv_imm_u(item, (nblk * groups) as i64);
+            let rest = kb.b.ins().urem_imm_u(item, (nblk * groups) as i64);
+            let blk = kb.b.ins().udiv_imm_u(rest, groups as i64);
+            let gi = kb.b.ins().urem_imm_u(rest, groups as i64);
             let r0 = kb.muli(blk, rb as i64);
             let left = kb.i(p as i64);
             let left = kb.b.ins().isub(left, r0);
@@ -349,14 +420,6 @@ fn blocked(
             let lt = kb.b.ins().icmp(IntCC::SignedLessThan, left, rbv);
             let rows = kb.b.ins().select(lt, left, rbv);
             let ximg = kb.gep(xp, img, (h * wd * c * 4) as i64);
-            let z = kb.i(0);
-            kb.for_range(z, rows, 1, |kb, i| {
-                let pos = kb.b.ins().iadd(r0, i);
-                let r = kb.b.ins().udiv_imm_u(pos, ow as i64);
-                let q = kb.b.ins().urem_imm_u(pos, ow as i64);
-                let row = kb.gep(buf, i, (kk * 4) as i64);
-                gather_row(kb, ximg, row, r, q, (h, wd, c), geo);
-            });
             let start = kb.muli(img, p as i64);
             let start = kb.b.ins().iadd(start, r0);
             let base = zgemm::Bases {
@@ -366,13 +429,31 @@ fn blocked(
                 bias: biasp,
                 res: resp.map(|rp| kb.gep(rp, start, (o * 4) as i64)),
             };
-            let rows13 = kb.addi(rows, zgemm::ZMR as i64 - 1);
-            let mb_hi = kb.b.ins().udiv_imm_u(rows13, zgemm::ZMR as i64);
+            let rows13 = kb.addi(rows, ZMR as i64 - 1);
+            let mb_hi = kb.b.ins().udiv_imm_u(rows13, ZMR as i64);
             let first = kb.muli(blk, per_blk);
             let last = kb.i(mblocks - 1);
-            let tail_mb = kb.b.ins().isub(last, first);
-            let p_hi = kb.i(o.div_ceil(zgemm::ZNR) as i64);
-            zgemm::emit_tiles(kb, g, &pl, refs, &base, (z, p_hi), (z, mb_hi), tail_mb);
+            let p_lo = kb.muli(gi, ppg as i64);
+            let p_hi = kb.addi(p_lo, ppg as i64);
+            let np = kb.i(panels as i64);
+            let lt = kb.b.ins().icmp(IntCC::SignedLessThan, p_hi, np);
+            let z = kb.i(0);
+            let ranges = zgemm::Ranges {
+                p: (p_lo, kb.b.ins().select(lt, p_hi, np)),
+                mb: (z, mb_hi),
+                tail_mb: kb.b.ins().isub(last, first),
+            };
+            for kbi in 0..pl.kblocks {
+                let cols = (kbi * kc, kk.min((kbi + 1) * kc));
+                kb.for_range(z, rows, 1, |kb, i| {
+                    let pos = kb.b.ins().iadd(r0, i);
+                    let r = kb.b.ins().udiv_imm_u(pos, ow as i64);
+                    let q = kb.b.ins().urem_imm_u(pos, ow as i64);
+                    let row = kb.gep(buf, i, (kc * 4) as i64);
+                    gather_cols(kb, ximg, row, (r, q), (h, wd, c), geo, cols);
+                });
+                zgemm::emit_pass(kb, g, &pl, refs, &base, &ranges, kbi);
+            }
         });
     })
 }

@@ -20,7 +20,9 @@
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{F32, F32X4, I64};
-use cranelift_codegen::ir::{AbiParam, FuncRef, InstBuilder, Signature, Value};
+use cranelift_codegen::ir::{
+    AbiParam, FuncRef, InstBuilder, Signature, StackSlotData, StackSlotKind, Value,
+};
 
 use super::gemm::{Act, Gemm, Mat};
 use crate::codegen::builder::{Kb, mem};
@@ -29,6 +31,10 @@ use crate::error::{Error, Result};
 
 pub const ZNR: usize = 32;
 pub const ZMR: usize = 14;
+
+/// Columns an item's tiles must span for the A copy to pay (it costs about
+/// one tile column's work per element).
+const COPY_A_MIN_COLS: usize = 256;
 
 /// Whether the microkernel handles `g` (else the portable CLIF GEMM).
 pub fn fits(lw: &Lower, g: &Gemm) -> bool {
@@ -255,7 +261,7 @@ fn define_tile(lw: &mut Lower, t: &Tile) -> Result<cranelift_module::FuncId> {
 }
 
 /// Depth block: a panel block of `kc x 32` floats fills about half of L1.
-fn depth_block(lw: &Lower, k: usize) -> usize {
+pub fn depth_block(lw: &Lower, k: usize) -> usize {
     let kc = ((lw.l1d / 2) / (ZNR * 4)).max(64) & !3;
     k.min(kc)
 }
@@ -282,22 +288,25 @@ fn split(batch: usize, panels: usize, mblocks: usize, kc: usize) -> (usize, usiz
 
 /// The blocking of one GEMM and its tile functions (defined by [`plan`]).
 pub struct Plan {
-    panels: usize,
+    pub panels: usize,
     mblocks: usize,
-    kc: usize,
-    kblocks: usize,
+    pub kc: usize,
+    pub kblocks: usize,
     klast: usize,
     tail_rows: usize,
     edge_cols: usize,
     edge_nv: usize,
     act_in_regs: bool,
+    /// A's row stride (elements) as the tiles read it.
+    a_rs: i64,
     /// Tile functions: [full rows, tail rows] for inner panels, then the
     /// same for the edge panel when it takes the one-vector form.
     pub callees: Vec<cranelift_module::FuncId>,
 }
 
-/// Blocks `g` and defines its tile functions.
-pub fn plan(lw: &mut Lower, g: &Gemm) -> Result<Plan> {
+/// Blocks `g` and defines its tile functions, which read A rows `a_rs`
+/// elements apart (`g.a.rs`, or the depth block where the caller copies A).
+pub fn plan(lw: &mut Lower, g: &Gemm, a_rs: i64) -> Result<Plan> {
     let (m, n, k) = (g.m, g.n, g.k);
     let panels = n.div_ceil(ZNR);
     let mblocks = m.div_ceil(ZMR);
@@ -309,7 +318,7 @@ pub fn plan(lw: &mut Lower, g: &Gemm) -> Result<Plan> {
     let tile = |mr, nv| Tile {
         mr,
         nv,
-        lda: g.a.rs * 4,
+        lda: a_rs * 4,
         ldc: g.c.rs * 4,
         bias: g.bias.as_ref().map(|b| (b.rs * 4, b.cs == 1)),
         beta: g.beta,
@@ -338,6 +347,7 @@ pub fn plan(lw: &mut Lower, g: &Gemm) -> Result<Plan> {
         edge_cols,
         edge_nv,
         act_in_regs,
+        a_rs,
         callees,
     })
 }
@@ -346,14 +356,28 @@ pub fn plan(lw: &mut Lower, g: &Gemm) -> Result<Plan> {
 /// panel set of `packed_len(n, k, ZNR)` floats per batch element.
 pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
     let (m, n, k) = (g.m, g.n, g.k);
-    let pl = plan(lw, g)?;
-    let (panels, mblocks, kc) = (pl.panels, pl.mblocks, pl.kc);
-    let (groups, mparts) = split(g.batch, panels, mblocks, kc);
+    let kc = depth_block(lw, k);
+    let (groups, mparts) = split(g.batch, n.div_ceil(ZNR), m.div_ceil(ZMR), kc);
+    let ppg = n.div_ceil(ZNR).div_ceil(groups);
+    // Where an item's tiles span enough columns to repay it, A's rows are
+    // copied per depth block into a buffer of `kc`-float rows: strided
+    // rows (a multiple of 4 KiB apart in wide layers) would share L1 sets
+    // and evict each other within one tile.
+    let copy_a = m > 1 && ppg * ZNR >= COPY_A_MIN_COLS;
+    let pl = plan(lw, g, if copy_a { kc as i64 } else { g.a.rs })?;
+    let (panels, mblocks) = (pl.panels, pl.mblocks);
     lw.note_kernel(format!(
-        "avx512 gemm {ZMR}x{ZNR} tiles, M={m} N={n} K={k} batch={}, kc={kc}, items {}x{}x{}",
-        g.batch, g.batch, groups, mparts
+        "avx512 gemm {ZMR}x{ZNR} tiles, M={m} N={n} K={k} batch={}, kc={kc}, items {}x{}x{}{}",
+        g.batch,
+        g.batch,
+        groups,
+        mparts,
+        if copy_a {
+            ", A copied per depth block"
+        } else {
+            ""
+        }
     ));
-    let ppg = panels.div_ceil(groups);
     let mbpp = mblocks.div_ceil(mparts);
     let pset = (panels * k * ZNR) as i64;
     let offs = lw.data(
@@ -379,6 +403,14 @@ pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
     let items = g.batch * groups * mparts;
     let callees = pl.callees.clone();
     lw.kernel_calling(bufs, items, false, &callees, |kb, refs| {
+        let buf = copy_a.then(|| {
+            let slot = kb.b.create_sized_stack_slot(StackSlotData::new(
+                StackSlotKind::ExplicitSlot,
+                (mbpp * ZMR * kc * 4) as u32,
+                6,
+            ));
+            kb.b.ins().stack_addr(I64, slot, 0)
+        });
         let (ap, bp, cp, op) = (kb.arg(0), kb.arg(1), kb.arg(2), kb.arg(3));
         let biasp = bias_arg.map(|j| kb.arg(j));
         let resp = res_arg.map(|j| kb.arg(j));
@@ -407,37 +439,64 @@ pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
             let mb_hi = kb.addi(mb_lo, mbpp as i64);
             let mb_hi = min_imm(kb, mb_hi, mblocks as i64);
             let tail_mb = kb.i(mblocks as i64 - 1);
-            emit_tiles(
-                kb,
-                g,
-                &pl,
-                refs,
-                &base,
-                (p_lo, p_hi),
-                (mb_lo, mb_hi),
+            let r = Ranges {
+                p: (p_lo, p_hi),
+                mb: (mb_lo, mb_hi),
                 tail_mb,
-            );
+            };
+            for kbi in 0..pl.kblocks {
+                let k0 = kbi * kc;
+                let Some(buf) = buf else {
+                    let a = kb.addi(base.a, (k0 * 4) as i64);
+                    emit_pass(kb, g, &pl, refs, &Bases { a, ..base }, &r, kbi);
+                    continue;
+                };
+                let r_lo = kb.muli(mb_lo, ZMR as i64);
+                let r_hi = kb.muli(mb_hi, ZMR as i64);
+                let r_hi = min_imm(kb, r_hi, m as i64);
+                let len = kb.i((k.min(k0 + kc) - k0) as i64);
+                kb.for_range(r_lo, r_hi, 1, |kb, row| {
+                    let src = kb.gep(base.a, row, g.a.rs * 4);
+                    let src = kb.addi(src, (k0 * 4) as i64);
+                    let i = kb.b.ins().isub(row, r_lo);
+                    let dst = kb.gep(buf, i, (kc * 4) as i64);
+                    kb.copy_f32(src, dst, len);
+                });
+                // The buffer holds row blocks [mb_lo, mb_hi): `a` is where
+                // row 0 would be.
+                let back = kb.muli(mb_lo, (ZMR * kc * 4) as i64);
+                let a = kb.b.ins().isub(buf, back);
+                emit_pass(kb, g, &pl, refs, &Bases { a, ..base }, &r, kbi);
+            }
         });
     })
 }
 
-/// Emits the tiles of panels `[p_lo, p_hi)` by row blocks `[mb_lo, mb_hi)`
-/// (of [`ZMR`] rows from `base`'s row origin) over every depth block;
-/// row block `tail_mb` takes the tail-rows function. `refs` are the
-/// kernel's references to `pl.callees`.
-#[allow(clippy::too_many_arguments)]
-pub fn emit_tiles(
+/// Value ranges of one work item's tiles: panels `[p.0, p.1)`, row blocks
+/// `[mb.0, mb.1)`, and the row block that takes the tail-rows function.
+pub struct Ranges {
+    pub p: (Value, Value),
+    pub mb: (Value, Value),
+    pub tail_mb: Value,
+}
+
+/// Emits depth block `kbi` of the tiles of panels `r.p` by row blocks
+/// `r.mb` (of [`ZMR`] rows from `base`'s row origin); row block
+/// `r.tail_mb` takes the tail-rows function. `base.a` holds just this
+/// depth block's columns, rows `pl.a_rs` apart. `refs` are the kernel's
+/// references to `pl.callees`.
+pub fn emit_pass(
     kb: &mut Kb,
     g: &Gemm,
     pl: &Plan,
     refs: &[FuncRef],
     base: &Bases,
-    (p_lo, p_hi): (Value, Value),
-    (mb_lo, mb_hi): (Value, Value),
-    tail_mb: Value,
+    r: &Ranges,
+    kbi: usize,
 ) {
     let (panels, kc, k) = (pl.panels, pl.kc, g.k);
     let (tail_rows, edge_cols) = (pl.tail_rows, pl.edge_cols);
+    let ((p_lo, p_hi), (mb_lo, mb_hi), tail_mb) = (r.p, r.mb, r.tail_mb);
     let edge_mask = if edge_cols == 32 {
         u32::MAX as i64
     } else {
@@ -450,70 +509,66 @@ pub fn emit_tiles(
     };
     let p_inner = min_imm(kb, p_hi, panels as i64 - 1);
     let has_edge = kb.b.ins().icmp_imm_s(IntCC::Equal, p_hi, panels as i64);
-    let pass = |kb: &mut Kb, kb_idx: usize, last: bool| {
-        let depth = if last { pl.klast } else { kc };
-        let mut ctl = (depth as i64) << 34;
-        if kb_idx > 0 {
-            ctl |= 1 << 32;
-        }
-        if last {
-            ctl |= 1 << 33;
-        }
-        let k0 = (kb_idx * kc) as i64;
-        // The row blocks of panel `p` (`edge`: the last panel).
-        let panel = |kb: &mut Kb, p: Value, edge: bool| {
-            let (full_fn, tail_fn) = fns(edge);
-            let ctlv = kb.i(ctl | if edge { edge_mask } else { u32::MAX as i64 });
-            let bpan = kb.gep(base.b, p, (k * ZNR * 4) as i64);
-            let bpan = kb.addi(bpan, k0 * (ZNR as i64) * 4);
-            let j0 = kb.muli(p, ZNR as i64);
-            let cols = if edge { edge_cols } else { ZNR };
-            kb.for_range(mb_lo, mb_hi, 1, |kb, mb| {
-                let r0 = kb.muli(mb, ZMR as i64);
-                let a = kb.gep(base.a, r0, g.a.rs * 4);
-                let a = kb.addi(a, k0 * 4);
-                let c = tile_ptr(kb, base.c, &g.c, r0, j0);
-                let bias = opt_ptr(kb, base.bias, g.bias.as_ref(), r0, j0);
-                let res = opt_ptr(kb, base.res, g.residual.as_ref(), r0, j0);
-                let args = [a, bpan, c, bias, res, ctlv];
-                let post = |kb: &mut Kb, rows: usize| {
-                    if last && !pl.act_in_regs {
-                        post_act(kb, g, c, rows, cols);
-                    }
-                };
-                if tail_rows == ZMR {
-                    kb.b.ins().call(full_fn, &args);
-                    post(kb, ZMR);
-                } else {
-                    let is_tail = kb.b.ins().icmp(IntCC::Equal, mb, tail_mb);
-                    let tb = kb.b.create_block();
-                    let fb = kb.b.create_block();
-                    let done = kb.b.create_block();
-                    kb.b.ins().brif(is_tail, tb, &[], fb, &[]);
-                    kb.b.switch_to_block(tb);
-                    kb.b.ins().call(tail_fn, &args);
-                    post(kb, tail_rows);
-                    kb.b.ins().jump(done, &[]);
-                    kb.b.switch_to_block(fb);
-                    kb.b.ins().call(full_fn, &args);
-                    post(kb, ZMR);
-                    kb.b.ins().jump(done, &[]);
-                    kb.b.switch_to_block(done);
+    let last = kbi == pl.kblocks - 1;
+    let depth = if last { pl.klast } else { kc };
+    let mut ctl = (depth as i64) << 34;
+    if kbi > 0 {
+        ctl |= 1 << 32;
+    }
+    if last {
+        ctl |= 1 << 33;
+    }
+    let k0 = (kbi * kc) as i64;
+    // The row blocks of panel `p` (`edge`: the last panel).
+    let panel = |kb: &mut Kb, p: Value, edge: bool| {
+        let (full_fn, tail_fn) = fns(edge);
+        let ctlv = kb.i(ctl | if edge { edge_mask } else { u32::MAX as i64 });
+        let bpan = kb.gep(base.b, p, (k * ZNR * 4) as i64);
+        let bpan = kb.addi(bpan, k0 * (ZNR as i64) * 4);
+        let j0 = kb.muli(p, ZNR as i64);
+        let cols = if edge { edge_cols } else { ZNR };
+        kb.for_range(mb_lo, mb_hi, 1, |kb, mb| {
+            let r0 = kb.muli(mb, ZMR as i64);
+            let a = kb.gep(base.a, r0, pl.a_rs * 4);
+            let c = tile_ptr(kb, base.c, &g.c, r0, j0);
+            let bias = opt_ptr(kb, base.bias, g.bias.as_ref(), r0, j0);
+            let res = opt_ptr(kb, base.res, g.residual.as_ref(), r0, j0);
+            let args = [a, bpan, c, bias, res, ctlv];
+            let post = |kb: &mut Kb, rows: usize| {
+                if last && !pl.act_in_regs {
+                    post_act(kb, g, c, rows, cols);
                 }
-            });
-        };
-        kb.for_range(p_lo, p_inner, 1, |kb, p| panel(kb, p, false));
-        kb.if_(has_edge, |kb| {
-            let p = kb.i(panels as i64 - 1);
-            panel(kb, p, true);
+            };
+            if tail_rows == ZMR {
+                kb.b.ins().call(full_fn, &args);
+                post(kb, ZMR);
+            } else {
+                let is_tail = kb.b.ins().icmp(IntCC::Equal, mb, tail_mb);
+                let tb = kb.b.create_block();
+                let fb = kb.b.create_block();
+                let done = kb.b.create_block();
+                kb.b.ins().brif(is_tail, tb, &[], fb, &[]);
+                kb.b.switch_to_block(tb);
+                kb.b.ins().call(tail_fn, &args);
+                post(kb, tail_rows);
+                kb.b.ins().jump(done, &[]);
+                kb.b.switch_to_block(fb);
+                kb.b.ins().call(full_fn, &args);
+                post(kb, ZMR);
+                kb.b.ins().jump(done, &[]);
+                kb.b.switch_to_block(done);
+            }
         });
     };
-    for kbi in 0..pl.kblocks {
-        pass(kb, kbi, kbi == pl.kblocks - 1);
-    }
+    kb.for_range(p_lo, p_inner, 1, |kb, p| panel(kb, p, false));
+    kb.if_(has_edge, |kb| {
+        let p = kb.i(panels as i64 - 1);
+        panel(kb, p, true);
+    });
 }
 
 /// Pointers of one GEMM's operands at a row origin.
+#[derive(Clone, Copy)]
 pub struct Bases {
     pub a: Value,
     pub b: Value,
