@@ -119,7 +119,9 @@ fn cases() -> Vec<Case> {
         ("ld1h {z31.h}, p0/z, [x1, #-8, mul vl]", |a| {
             a.ld1h(Z(31), P(0), X(1), -8)
         }),
-        ("whilelt p5.h, x10, x11", |a| a.whilelt_h(P(5), X(10), X(11))),
+        ("whilelt p5.h, x10, x11", |a| {
+            a.whilelt_h(P(5), X(10), X(11))
+        }),
         // NEON
         ("ldr q24, [x7, #48]", |a| a.ldr_q(V(24), X(7), 48)),
         ("ldr q0, [x6, x13]", |a| a.ldr_q_x(V(0), X(6), X(13))),
