@@ -17,6 +17,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use cpucc::codegen::{Dumps, FastMath, Options, Target, artifact};
 use cpucc::import::{ImportOptions, onnx};
@@ -203,8 +204,18 @@ fn run(
 ) -> Vec<Tensor> {
     let mut t = Target::parse(spec).unwrap();
     t.sve_bits = Some(bits);
-    cross::run_foreign(obj, hdr, "t", &t, ins, &dir.join(format!("run{bits}")))
-        .unwrap_or_else(|e| panic!("{spec} at SVE {bits}: {e}"))
+    // Emulation on a loaded machine: more than the default 120 s.
+    let limit = Duration::from_secs(900);
+    cross::run_foreign_timeout(
+        obj,
+        hdr,
+        "t",
+        &t,
+        ins,
+        &dir.join(format!("run{bits}")),
+        limit,
+    )
+    .unwrap_or_else(|e| panic!("{spec} at SVE {bits}: {e}"))
 }
 
 fn root(name: &str) -> PathBuf {
