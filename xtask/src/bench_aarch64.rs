@@ -1,7 +1,8 @@
 //! `cargo xtask bench --target graviton3`: work, not time, for aarch64
 //! targets (time under emulation means nothing). Each workload is compiled
-//! with `cpucc compile` for the given target (SVE kernels), for
-//! `graviton2` (NEON kernels) and for `graviton2-neon` (the portable CLIF
+//! with `cpucc compile` for the given target (SVE kernels; and with
+//! `--fast-math bf16`, the BFMMLA kernel, when it has SVE and BF16), for
+//! `graviton2` (NEON kernels) and for `<target>-neon` (the portable CLIF
 //! GEMM: without `neon` no hand-written kernel applies), linked with the C harness
 //! and run once under `qemu-aarch64` with an exact instruction counter: a
 //! TCG plugin (`qemu/insn_count.c`, built here with gcc) that adds each
@@ -78,11 +79,14 @@ pub fn main(
     let work = root.join(out).join("aarch64");
     std::fs::create_dir_all(&work)?;
     let plugin = build_plugin(&work)?;
-    let variants = [
-        (target.to_string(), "sve"),
-        ("graviton2".to_string(), "neon"),
-        ("graviton2-neon".to_string(), "clif"),
-    ];
+    // (target, kernels, --fast-math bf16); `-neon` switches the
+    // machine-code GEMMs off (the portable CLIF kernel remains).
+    let mut variants = vec![(target.to_string(), "sve", false)];
+    if t.has("bf16") && t.has("sve") {
+        variants.push((target.to_string(), "bfmmla", true));
+    }
+    variants.push(("graviton2".to_string(), "neon", false));
+    variants.push((format!("{target}-neon"), "clif", false));
     let mut table = String::new();
     writeln!(
         table,
@@ -121,10 +125,10 @@ pub fn main(
             cpucc::io::write_npy(&p, &rng.tensor(v.ty.dtype, &v.ty.shape))?;
             inputs.push((v.name.clone(), p));
         }
-        for (spec, kind) in &variants {
+        for (spec, kind, bf16) in &variants {
             let vdir = dir.join(kind);
             std::fs::create_dir_all(&vdir)?;
-            let counts = count(&cpucc, &path, w, spec, &vdir, &inputs, &plugin)?;
+            let counts = count(&cpucc, &path, w, (spec, *bf16), &vdir, &inputs, &plugin)?;
             let gemm: u64 = counts
                 .iter()
                 .filter(|(name, _)| GEMM_TAGS.iter().any(|t| is_op_kernel(name, t)))
@@ -192,7 +196,7 @@ fn count(
     cpucc: &Path,
     model: &Path,
     w: &Workload,
-    spec: &str,
+    (spec, bf16): (&str, bool),
     dir: &Path,
     inputs: &[(String, PathBuf)],
     plugin: &Path,
@@ -202,6 +206,9 @@ fn count(
         .arg(model)
         .args(["--target", spec, "--name", "model", "-o"])
         .arg(dir);
+    if bf16 {
+        c.args(["--fast-math", "bf16"]);
+    }
     for (name, dims) in w.shapes {
         let d: Vec<String> = dims.iter().map(|x| x.to_string()).collect();
         c.arg("--shape").arg(format!("{name}={}", d.join(",")));

@@ -83,8 +83,9 @@ impl PassArgs {
 #[derive(clap::Args)]
 struct FastMathArgs {
     /// `bf16`: GEMMs with constant weights (MatMul, Gemm, convolutions)
-    /// multiply in bf16 with f32 accumulation (AMX or AVX512-BF16 targets);
-    /// `--check` then reports cosine similarity.
+    /// multiply in bf16 with f32 accumulation (AMX or AVX512-BF16 x86
+    /// targets, SVE BFMMLA on aarch64 with SVE and BF16; other aarch64
+    /// targets keep f32); `--check` then reports cosine similarity.
     #[arg(long = "fast-math", value_name = "MODE", value_parser = ["bf16", "none"])]
     fast_math: Option<String>,
 }

@@ -100,7 +100,11 @@ pub struct Lower<'m> {
     pub large_data: Vec<DataId>,
     /// `--fast-math bf16`: the instructions bf16 GEMMs use.
     pub bf16: Option<Bf16Isa>,
-    /// Weight panels packed for the bf16 GEMM (`kernels/bf16gemm.rs`).
+    /// `--fast-math bf16` on an aarch64 target with SVE and BF16: GEMMs
+    /// with constant B take the SVE BFMMLA kernel (`kernels/bfmmla.rs`).
+    pub bfmmla: bool,
+    /// Weight panels packed for the bf16 GEMM (`kernels/bf16gemm.rs`,
+    /// `kernels/bfmmla.rs`).
     pub bf16_packed: Vec<Buf>,
     /// Some kernel uses AMX tiles: `N_run` asks the kernel for permission.
     pub uses_amx: bool,
@@ -138,6 +142,7 @@ impl<'m> Lower<'m> {
             sources: Vec::new(),
             large_data: Vec::new(),
             bf16: None,
+            bfmmla: false,
             bf16_packed: Vec::new(),
             uses_amx: false,
             bf16_scratch: None,

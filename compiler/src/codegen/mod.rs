@@ -43,7 +43,9 @@ pub enum FastMath {
     None,
     /// GEMMs with constant weights (MatMul, Gemm, NHWC convolutions) take
     /// bf16 inputs with f32 accumulation: AMX tiles where the target has
-    /// AMX-BF16, else AVX512-BF16 `vdpbf16ps`.
+    /// AMX-BF16, else AVX512-BF16 `vdpbf16ps`; SVE `bfmmla` on aarch64
+    /// targets with SVE and BF16 (graviton3/4). Other aarch64 targets
+    /// (graviton2, aarch64) keep f32.
     Bf16,
 }
 
@@ -94,7 +96,7 @@ pub fn lower_graph(
 ) -> Result<(Interface, entry::Entry)> {
     let bf16 = match opts.fast_math {
         FastMath::None => None,
-        FastMath::Bf16 => Some(kernels::bf16_isa(target)?),
+        FastMath::Bf16 => kernels::bf16_isa(target)?,
     };
     let plan = plan::plan(g)?;
     let fma = isa::has_fma(target);
@@ -102,6 +104,7 @@ pub fn lower_graph(
     lw.avx512 = isa::has_avx512(target);
     lw.bf16 = bf16;
     lw.sve = isa::has_sve(target);
+    lw.bfmmla = opts.fast_math == FastMath::Bf16 && lw.sve && target.has("bf16");
     // `-neon` on an aarch64 target keeps GEMMs on the portable CLIF kernel.
     lw.neon = isa::is_aarch64(target) && target.has("neon") && !lw.sve;
     lw.l1d = target.caches.l1d;

@@ -12,7 +12,7 @@ mod sve;
 #[cfg(test)]
 mod tests;
 
-pub use sve::Pattern;
+pub use sve::{Pattern, Permute};
 
 /// A general-purpose register `x0`..`x30`; 31 is `xzr` or `sp` by
 /// instruction (see [`XZR`], [`SP`]).

@@ -27,9 +27,19 @@ impl Asm {
         self.emit(0x2598_E000 | (pat as u32) << 5 | d.0 as u32);
     }
 
+    /// `ptrue pd.b, pattern`: all-true for every element size.
+    pub fn ptrue_b(&mut self, d: P, pat: Pattern) {
+        self.emit(0x2518_E000 | (pat as u32) << 5 | d.0 as u32);
+    }
+
     /// `whilelt pd.s, xn, xm`: element i active while `xn + i < xm` (signed).
     pub fn whilelt(&mut self, d: P, n: X, m: X) {
         self.emit(0x25A0_1400 | (m.0 as u32) << 16 | (n.0 as u32) << 5 | d.0 as u32);
+    }
+
+    /// `whilelt pd.h, xn, xm`: 16-bit element i active while `xn + i < xm`.
+    pub fn whilelt_h(&mut self, d: P, n: X, m: X) {
+        self.emit(0x2560_1400 | (m.0 as u32) << 16 | (n.0 as u32) << 5 | d.0 as u32);
     }
 
     /// `cntw xd`: 32-bit elements per vector.
@@ -47,6 +57,12 @@ impl Asm {
     pub fn ld1w(&mut self, t: Z, g: P, n: X, vl: i64) {
         let (g, i) = (self.pg(g), self.sfield("ld1w offset", vl, 4));
         self.emit(0xA540_A000 | i << 16 | g << 10 | (n.0 as u32) << 5 | zr(t));
+    }
+
+    /// `ld1h {zt.h}, pg/z, [xn, #vl, mul vl]`
+    pub fn ld1h(&mut self, t: Z, g: P, n: X, vl: i64) {
+        let (g, i) = (self.pg(g), self.sfield("ld1h offset", vl, 4));
+        self.emit(0xA4A0_A000 | i << 16 | g << 10 | (n.0 as u32) << 5 | zr(t));
     }
 
     /// `ld1w {zt.s}, pg/z, [xn, xm, lsl #2]`
@@ -148,4 +164,34 @@ impl Asm {
         let g = self.pg(g);
         self.emit(0x658A_A000 | g << 10 | zr(n) << 5 | zr(d));
     }
+
+    /// `bfcvtnt zd.h, pg/m, zn.s`: f32 to bf16 in the high half of each
+    /// element (the low halves are kept).
+    pub fn bfcvtnt(&mut self, d: Z, g: P, n: Z) {
+        let g = self.pg(g);
+        self.emit(0x648A_A000 | g << 10 | zr(n) << 5 | zr(d));
+    }
+
+    /// A permute of 64-bit elements: `zip1 zip2 uzp1 uzp2 trn1 trn2`
+    /// `zd.d, zn.d, zm.d`.
+    pub fn permute_d(&mut self, op: Permute, d: Z, n: Z, m: Z) {
+        self.emit(0x05E0_6000 | (op as u32) << 10 | zr(m) << 16 | zr(n) << 5 | zr(d));
+    }
+}
+
+/// The two-register permutes of [`Asm::permute_d`] (bits 10-12).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Permute {
+    /// Interleave the low halves of the two vectors.
+    Zip1 = 0,
+    /// Interleave the high halves.
+    Zip2 = 1,
+    /// Even elements of `zn` then of `zm`.
+    Uzp1 = 2,
+    /// Odd elements of `zn` then of `zm`.
+    Uzp2 = 3,
+    /// Even elements of each pair: `zn[2i], zm[2i]`.
+    Trn1 = 4,
+    /// Odd elements of each pair: `zn[2i+1], zm[2i+1]`.
+    Trn2 = 5,
 }

@@ -33,6 +33,7 @@ fn cases() -> Vec<Case> {
         // SVE
         ("ptrue p0.s", |a| a.ptrue(P(0), Pattern::All)),
         ("ptrue p3.s, vl1", |a| a.ptrue(P(3), Pattern::Vl1)),
+        ("ptrue p0.b", |a| a.ptrue_b(P(0), Pattern::All)),
         ("whilelt p1.s, x10, x11", |a| a.whilelt(P(1), X(10), X(11))),
         ("cntw x7", |a| a.cntw(X(7))),
         ("incw x10", |a| a.incw(X(10), 1)),
@@ -93,6 +94,34 @@ fn cases() -> Vec<Case> {
             a.bfmmla(Z(4), Z(18), Z(27))
         }),
         ("bfcvt z2.h, p1/m, z29.s", |a| a.bfcvt(Z(2), P(1), Z(29))),
+        ("bfcvtnt z0.h, p0/m, z1.s", |a| a.bfcvtnt(Z(0), P(0), Z(1))),
+        ("zip1 z8.d, z0.d, z1.d", |a| {
+            a.permute_d(Permute::Zip1, Z(8), Z(0), Z(1))
+        }),
+        ("zip2 z9.d, z0.d, z31.d", |a| {
+            a.permute_d(Permute::Zip2, Z(9), Z(0), Z(31))
+        }),
+        ("uzp1 z0.d, z8.d, z9.d", |a| {
+            a.permute_d(Permute::Uzp1, Z(0), Z(8), Z(9))
+        }),
+        ("uzp2 z1.d, z22.d, z23.d", |a| {
+            a.permute_d(Permute::Uzp2, Z(1), Z(22), Z(23))
+        }),
+        ("trn1 z4.d, z0.d, z2.d", |a| {
+            a.permute_d(Permute::Trn1, Z(4), Z(0), Z(2))
+        }),
+        ("trn2 z5.d, z0.d, z2.d", |a| {
+            a.permute_d(Permute::Trn2, Z(5), Z(0), Z(2))
+        }),
+        ("ld1h {z24.h}, p5/z, [x11, #1, mul vl]", |a| {
+            a.ld1h(Z(24), P(5), X(11), 1)
+        }),
+        ("ld1h {z31.h}, p0/z, [x1, #-8, mul vl]", |a| {
+            a.ld1h(Z(31), P(0), X(1), -8)
+        }),
+        ("whilelt p5.h, x10, x11", |a| {
+            a.whilelt_h(P(5), X(10), X(11))
+        }),
         // NEON
         ("ldr q24, [x7, #48]", |a| a.ldr_q(V(24), X(7), 48)),
         ("ldr q0, [x6, x13]", |a| a.ldr_q_x(V(0), X(6), X(13))),

@@ -17,7 +17,7 @@ use cranelift_codegen::ir::types::{F32, F32X4, I64};
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::elementwise::{gelu, hard_sigmoid};
-use super::{bf16gemm, math, sgemm_neon, sgemm_sve, zgemm};
+use super::{bf16gemm, bfmmla, math, sgemm_neon, sgemm_sve, zgemm};
 use crate::codegen::builder::{Kb, mem};
 use crate::codegen::lower::{Buf, Lower};
 use crate::error::Result;
@@ -133,8 +133,15 @@ pub fn pack_weights(
     rs: usize,
     cs: usize,
 ) -> Result<Buf> {
-    if bf16gemm::fits(lw, g) {
-        let buf = lw.data(bf16gemm::pack(b, offs, k, n, rs, cs))?;
+    let bf16 = if bfmmla::fits(lw, g) {
+        Some(bfmmla::pack(b, offs, k, n, rs, cs))
+    } else if bf16gemm::fits(lw, g) {
+        Some(bf16gemm::pack(b, offs, k, n, rs, cs))
+    } else {
+        None
+    };
+    if let Some(bytes) = bf16 {
+        let buf = lw.data(bytes)?;
         lw.bf16_packed.push(buf);
         return Ok(buf);
     }
@@ -149,7 +156,9 @@ pub fn pack_weights(
 /// C = epilogue(A · packed B), `packed` in `panel_width(lw, g)` panels
 /// (or from `pack_weights`).
 pub fn run(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
-    if lw.bf16_packed.contains(&packed) {
+    if lw.bf16_packed.contains(&packed) && lw.bfmmla {
+        bfmmla::compute(lw, g, packed)
+    } else if lw.bf16_packed.contains(&packed) {
         bf16gemm::compute(lw, g, packed)
     } else if zgemm::fits(lw, g) {
         zgemm::compute(lw, g, packed)

@@ -4,6 +4,7 @@
 mod amx;
 mod attention;
 mod bf16gemm;
+mod bfmmla;
 mod chain;
 mod conv_nhwc;
 mod conv_transpose;
@@ -134,15 +135,17 @@ pub fn lower(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     f(lw, cx)
 }
 
-/// The bf16 instructions `--fast-math bf16` uses on `target`, or why it
-/// cannot.
-pub fn bf16_isa(target: &cpucc_targets::Target) -> Result<Bf16Isa> {
+/// The x86 bf16 instructions `--fast-math bf16` uses on `target`, or why
+/// it cannot; `None` on aarch64 (SVE BFMMLA kernels where the target has
+/// SVE and BF16, see `Lower::bfmmla`, else the f32 kernels).
+pub fn bf16_isa(target: &cpucc_targets::Target) -> Result<Option<Bf16Isa>> {
     use target_lexicon::Architecture;
     match target.triple.architecture {
         Architecture::X86_64 if target.has("amx-bf16") && target.has("avx512bf16") => {
-            Ok(Bf16Isa::Amx)
+            Ok(Some(Bf16Isa::Amx))
         }
-        Architecture::X86_64 if target.has("avx512bf16") => Ok(Bf16Isa::Avx512),
+        Architecture::X86_64 if target.has("avx512bf16") => Ok(Some(Bf16Isa::Avx512)),
+        Architecture::Aarch64(_) => Ok(None),
         Architecture::X86_64 => bail!(
             Unsupported,
             "--fast-math bf16 needs AMX-BF16 or AVX512-BF16; target '{}' has neither (e.g. sapphirerapids, znver4, or +avx512bf16)",

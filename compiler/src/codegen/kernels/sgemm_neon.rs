@@ -15,7 +15,7 @@
 use cpucc_targets::aarch64::{Asm, Cond, SP, V, X, XZR};
 
 use super::gemm::{Act, Gemm};
-use super::tiled::{self, Tile};
+use super::tiled::{self, Packing, Tile};
 use crate::codegen::lower::{Buf, Lower};
 use crate::error::Result;
 
@@ -354,5 +354,5 @@ pub fn assemble(t: &Tile) -> std::result::Result<Vec<u8>, String> {
 /// C = epilogue(A · packed B); `packed` holds one panel set of
 /// `packed_len(n, k, NR)` floats per batch element.
 pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
-    tiled::compute(lw, g, packed, (MR, NR), "NEON", assemble)
+    tiled::compute(lw, g, packed, (MR, NR), Packing::F32, "NEON", assemble)
 }

@@ -2,7 +2,8 @@
 //! (`sgemm_sve`, `sgemm_neon`): it walks column panels and row blocks and
 //! calls a tile function per (panel, row block, depth block).
 //!
-//! B is packed in panels of `nr` columns (`[N/nr][K][nr]`, zero padded).
+//! B is packed in panels of `nr` columns (`[N/nr][K][nr]` f32, zero
+//! padded; other element sizes and depth groupings per [`Packing`]).
 //! The depth is blocked so a panel's block (`kc x nr` floats) stays in L1
 //! while the driver walks the rows; the tile function starts its
 //! accumulators at zero (first depth block) or from C (later ones) and
@@ -43,6 +44,25 @@ pub struct Tile {
     pub act: Act,
 }
 
+/// How packed B is laid out: element bytes, and depths per group (a
+/// panel's depth is padded to whole groups, and depth blocks are whole
+/// groups).
+#[derive(Clone, Copy, Debug)]
+pub struct Packing {
+    pub elt: usize,
+    pub kq: usize,
+}
+
+impl Packing {
+    /// `[N/nr][K][nr]` f32.
+    pub const F32: Packing = Packing { elt: 4, kq: 1 };
+
+    /// Bytes of one panel of depth `k`.
+    fn panel_bytes(self, k: usize, nr: usize) -> usize {
+        k.div_ceil(self.kq) * self.kq * nr * self.elt
+    }
+}
+
 /// The tile functions of one GEMM node and their blocking.
 struct Tiles {
     /// Rows of a full tile and panel width (floats).
@@ -55,11 +75,14 @@ struct Tiles {
     /// Whether the tile functions apply the activation themselves (else
     /// it runs here over each stored tile while it is in L1).
     act_in_regs: bool,
+    packing: Packing,
 }
 
-/// Depth block: a panel block of `kc x nr` floats fills about half of L1.
-pub fn depth_block(lw: &Lower, k: usize, nr: usize) -> usize {
-    let kc = ((lw.l1d / 2) / (nr * 4)).max(64) & !3;
+/// Depth block: a panel block of `kc x nr` elements fills about half of
+/// L1; a multiple of 4 and of the packing's depth group.
+fn depth_block(lw: &Lower, k: usize, nr: usize, pk: Packing) -> usize {
+    let q = pk.kq.max(4);
+    let kc = ((lw.l1d / 2) / (nr * pk.elt)).max(64) / q * q;
     k.min(kc)
 }
 
@@ -82,20 +105,21 @@ fn split(batch: usize, panels: usize, mblocks: usize, mr: usize, kc: usize) -> (
 }
 
 /// C = epilogue(A · packed B) through the tile functions `t`; `packed`
-/// holds one panel set of `packed_len(n, k, t.nr)` floats per batch
-/// element.
+/// holds one panel set per batch element.
 fn drive(lw: &mut Lower, g: &Gemm, packed: Buf, t: &Tiles) -> Result<()> {
     let (m, n, k, mr, nr) = (g.m, g.n, g.k, t.mr, t.nr);
     let panels = n.div_ceil(nr);
     let mblocks = m.div_ceil(mr);
-    let kc = depth_block(lw, k, nr);
+    let pk = t.packing;
+    let kc = depth_block(lw, k, nr, pk);
     let kblocks = k.div_ceil(kc);
     let klast = k - (kblocks - 1) * kc;
     let (groups, mparts) = split(g.batch, panels, mblocks, mr, kc);
     let ppg = panels.div_ceil(groups);
     let mbpp = mblocks.div_ceil(mparts);
     let tail_rows = m - (mblocks - 1) * mr;
-    let pset = (panels * k * nr) as i64;
+    let panel_bytes = pk.panel_bytes(k, nr) as i64;
+    let pset = panels as i64 * panel_bytes;
     let offs = lw.data(
         g.offsets
             .iter()
@@ -136,7 +160,7 @@ fn drive(lw: &mut Lower, g: &Gemm, packed: Buf, t: &Tiles) -> Result<()> {
             let (oa, obp, oc, obias, ores) =
                 (ld(kb, 0), ld(kb, 1), ld(kb, 2), ld(kb, 3), ld(kb, 4));
             let base_a = kb.gep(ap, oa, 4);
-            let base_b = kb.gep(bp, obp, 4);
+            let base_b = kb.gep(bp, obp, 1);
             let base_c = kb.gep(cp, oc, 4);
             let base_bias = biasp.map(|p| kb.gep(p, obias, 4));
             let base_res = resp.map(|p| kb.gep(p, ores, 4));
@@ -165,8 +189,8 @@ fn drive(lw: &mut Lower, g: &Gemm, packed: Buf, t: &Tiles) -> Result<()> {
                     let edge = kb.i(edge_cols as i64);
                     let full = kb.i(nr as i64);
                     let cols = kb.b.ins().select(is_edge, edge, full);
-                    let bpan = kb.gep(base_b, p, (k * nr * 4) as i64);
-                    let bpan = kb.addi(bpan, k0 * (nr as i64) * 4);
+                    let bpan = kb.gep(base_b, p, panel_bytes);
+                    let bpan = kb.addi(bpan, k0 * (nr * pk.elt) as i64);
                     let j0 = kb.muli(p, nr as i64);
                     kb.for_range(mb_lo, mb_hi, 1, |kb, mb| {
                         let r0 = kb.muli(mb, mr as i64);
@@ -241,12 +265,14 @@ fn post_act(kb: &mut Kb, act: Act, ldc: i64, c: Value, rows: usize, cols: Value)
 }
 
 /// C = epilogue(A · packed B) with the tile functions `assemble` writes
-/// for `mr`-row blocks of `nr`-column panels (`isa` names them in errors).
+/// for `mr`-row blocks of `nr`-column panels of `packing` (`isa` names
+/// them in errors).
 pub fn compute(
     lw: &mut Lower,
     g: &Gemm,
     packed: Buf,
     (mr, nr): (usize, usize),
+    packing: Packing,
     isa: &str,
     assemble: fn(&Tile) -> std::result::Result<Vec<u8>, String>,
 ) -> Result<()> {
@@ -281,6 +307,7 @@ pub fn compute(
         full,
         tail,
         act_in_regs,
+        packing,
     };
     drive(lw, g, packed, &t)
 }
