@@ -121,6 +121,60 @@ fn batched_matmul_with_broadcasting() {
 }
 
 #[test]
+fn matmul_batch_of_rows_times_one_weight() {
+    // [B, 1, K] x [K, N] (TorchScript's sequence-first activations): one
+    // (B x N) GEMM; the bias broadcasts over rows, the residual does not.
+    let mut rng = SplitMix64::new(7);
+    let a = data(&mut rng, &[96, 1, 40]);
+    let b = data(&mut rng, &[40, 45]);
+    let bias = data(&mut rng, &[45]);
+    let res = data(&mut rng, &[96, 1, 45]);
+    check("MatMul", 13, &[], vec![In(a.clone()), Const(b.clone())]);
+    check(
+        "cpucc.FusedMatMul",
+        13,
+        &[act("Relu")],
+        vec![In(a), Const(b), Const(bias), In(res)],
+    );
+    // A batch of 3 under a broadcast batch of 2 still takes per-batch GEMMs.
+    let a = data(&mut rng, &[2, 3, 1, 40]);
+    let b = data(&mut rng, &[3, 40, 45]);
+    check("MatMul", 13, &[], vec![In(a), Const(b)]);
+}
+
+#[test]
+fn broadcast_constant_b_is_packed_once() {
+    // 256 batch elements share one 64x64 weight (16 KiB): packing it per
+    // batch element made the object 256 times the weight.
+    let mut rng = SplitMix64::new(8);
+    let mut g = Graph::new("t");
+    let x = g
+        .add_input("x", ValueType::new(DType::F32, vec![256, 2, 64]))
+        .unwrap();
+    let w = g.add_const("w", data(&mut rng, &[64, 64])).unwrap();
+    let n = g
+        .add_node(
+            "n",
+            "MatMul",
+            13,
+            Attrs::default(),
+            vec![Some(x), Some(w)],
+            &["y".to_string()],
+        )
+        .unwrap();
+    g.outputs = g.node(n).outputs.clone();
+    for t in targets() {
+        let art = cpucc::codegen::artifact::compile(&g, &t, "m", &mut Dumps::default()).unwrap();
+        assert!(
+            art.object.len() < 256 * 1024,
+            "{}: a {}-byte object for a 16 KiB weight",
+            t.name,
+            art.object.len()
+        );
+    }
+}
+
+#[test]
 fn fused_matmul_epilogues() {
     let mut rng = SplitMix64::new(3);
     for &(m, k, n) in SHAPES {

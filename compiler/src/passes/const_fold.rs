@@ -24,8 +24,12 @@
 //!    Only f32 is folded: other dtypes would round differently. A MatMul
 //!    becomes a Gemm to carry the bias.
 //!
+//! A node equal to one folded before (same op, attributes and input values)
+//! takes that node's constants instead of new copies.
+//!
 //! Finally unreferenced values are dropped (`Graph::compact`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use ndarray::{ArrayD, Axis, IxDyn};
@@ -46,10 +50,32 @@ pub fn run(g: &mut Graph) -> Result<()> {
 }
 
 fn fold_constants(g: &mut Graph) -> Result<()> {
+    // Folded nodes by (op, opset, attributes, inputs): the same weight
+    // transposed for each of its users is computed and stored once.
+    let mut folded: HashMap<(String, i64, String, Vec<Option<ValueId>>), Vec<ValueId>> =
+        HashMap::new();
     for n in g.topo_order()? {
         let node = g.node(n);
         let is_const = |v: &ValueId| g.value(*v).constant.is_some();
-        let results = if node.inputs.iter().flatten().all(is_const) {
+        let all_const = node.inputs.iter().flatten().all(is_const);
+        let key = (
+            node.op.clone(),
+            node.opset,
+            format!("{:?}", node.attrs),
+            node.inputs.clone(),
+        );
+        if all_const
+            && let Some(prev) = folded.get(&key)
+            && !node.outputs.iter().any(|o| g.outputs.contains(o))
+        {
+            let pairs: Vec<_> = node.outputs.clone().into_iter().zip(prev.clone()).collect();
+            g.remove_node(n);
+            for (o, p) in pairs {
+                g.replace_uses(o, p);
+            }
+            continue;
+        }
+        let results = if all_const {
             let out_elems: usize = node.outputs.iter().map(|&o| g.value(o).ty.numel()).sum();
             let in_elems = node
                 .inputs
@@ -82,6 +108,9 @@ fn fold_constants(g: &mut Graph) -> Result<()> {
             }
         };
         let outputs = node.outputs.clone();
+        if all_const {
+            folded.insert(key, outputs.clone());
+        }
         g.remove_node(n);
         for (o, t) in outputs.into_iter().zip(results) {
             g.value_mut(o).constant = Some(Arc::new(t));

@@ -2,6 +2,8 @@
 //! triple loop for other element types. Convolutions of any spatial rank
 //! pack im2col columns straight into GEMM panels.
 
+use std::collections::HashMap;
+
 use cranelift_codegen::ir::InstBuilder;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::F32;
@@ -147,7 +149,20 @@ fn matmul(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     } else {
         None
     };
-    let g = Gemm {
+    // One panel set per distinct B batch offset: a B broadcast over the
+    // batch (a 2-D weight times a 3-D activation) is packed once.
+    let mut sets: HashMap<i64, i64> = HashMap::new();
+    let mut boffs = Vec::new();
+    let bset: Vec<i64> = boff
+        .iter()
+        .map(|&o| {
+            *sets.entry(o).or_insert_with(|| {
+                boffs.push(o);
+                boffs.len() as i64 - 1
+            })
+        })
+        .collect();
+    let mut g = Gemm {
         m,
         n,
         k,
@@ -160,11 +175,34 @@ fn matmul(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
         alpha: 1.0,
         act: activation(cx.attrs())?,
         offsets: (0..aoff.len())
-            .map(|i| [aoff[i], i as i64, coff[i], 0, coff[i]])
+            .map(|i| [aoff[i], bset[i], coff[i], 0, coff[i]])
             .collect(),
     };
-    let packed = pack_b(lw, &g, cx.consts[1], &bm, &boff, (k, n))?;
+    if let Some(rows) = fold_batch(&g, residual.as_ref(), &out.ty.shape) {
+        g.m = rows;
+        g.batch = 1;
+        g.offsets.truncate(1);
+        if let Some(r) = &mut g.residual {
+            r.rs = n as i64;
+        }
+    }
+    let packed = pack_b(lw, &g, cx.consts[1], &bm, &boffs, (k, n))?;
     gemm::run(lw, &g, packed)
+}
+
+/// The rows of one `(batch * m) x n` product equivalent to `g`, when B is
+/// the same for every batch element and A, C (and a residual) are dense
+/// batches of rows: `[128, 1, K] x [K, N]` is then one 128-row GEMM
+/// rather than 128 one-row ones. A bias must broadcast over rows.
+fn fold_batch(g: &Gemm, residual: Option<&Operand>, out: &[usize]) -> Option<usize> {
+    let (m, k, n) = (g.m as i64, g.k as i64, g.n as i64);
+    let dense = g.offsets.iter().enumerate().all(|(i, o)| {
+        let i = i as i64;
+        o[0] == i * m * k && o[1] == 0 && o[2] == i * m * n
+    });
+    let bias_ok = g.bias.as_ref().is_none_or(|b| b.rs == 0);
+    let residual_ok = residual.is_none_or(|r| r.ty.shape == out);
+    (g.batch > 1 && dense && bias_ok && residual_ok).then_some(g.batch * g.m)
 }
 
 /// An operand broadcast to [m, n] (trailing two dims; 0 strides where 1).
