@@ -49,11 +49,13 @@ pub fn run(g: &mut Graph) -> Result<()> {
     Ok(())
 }
 
+/// A node's op, opset, attributes (as text) and inputs.
+type FoldKey = (String, i64, String, Vec<Option<ValueId>>);
+
 fn fold_constants(g: &mut Graph) -> Result<()> {
     // Folded nodes by (op, opset, attributes, inputs): the same weight
     // transposed for each of its users is computed and stored once.
-    let mut folded: HashMap<(String, i64, String, Vec<Option<ValueId>>), Vec<ValueId>> =
-        HashMap::new();
+    let mut folded: HashMap<FoldKey, Vec<ValueId>> = HashMap::new();
     for n in g.topo_order()? {
         let node = g.node(n);
         let is_const = |v: &ValueId| g.value(*v).constant.is_some();
