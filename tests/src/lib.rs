@@ -2,5 +2,6 @@
 //! node-test runner and the benchmark/test models built in code.
 
 pub mod conformance;
+pub mod gemm_graph;
 pub mod models;
 pub mod random_graph;

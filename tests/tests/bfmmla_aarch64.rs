@@ -21,9 +21,14 @@ use std::time::Duration;
 
 use cpucc::codegen::{Dumps, FastMath, Options, Target, artifact};
 use cpucc::import::{ImportOptions, onnx};
-use cpucc::ir::{Attr, Attrs, DType, Graph, Tensor, ValueType};
+use cpucc::ir::{DType, Graph, Tensor};
 use cpucc::random::SplitMix64;
 use cpucc::{cross, interp, passes};
+use cpucc_tests::gemm_graph::{
+    self,
+    Arg::{Const, In},
+    Edges,
+};
 use cpucc_tests::models;
 use prost::Message;
 
@@ -61,120 +66,15 @@ fn data(rng: &mut SplitMix64, shape: &[usize]) -> Tensor {
     Tensor::from_f64s(DType::F32, shape, &v).unwrap()
 }
 
-enum Arg {
-    In(Vec<usize>),
-    Const(Vec<usize>),
-}
-use Arg::{Const, In};
-
-struct Builder {
-    g: Graph,
-    inputs: Vec<(String, Tensor)>,
-    rng: SplitMix64,
-}
-
-impl Builder {
-    fn node(&mut self, op: &str, attrs: &[(&str, Attr)], args: &[Arg]) {
-        let k = self.g.node_indices().len();
-        let mut ids = Vec::new();
-        for (i, arg) in args.iter().enumerate() {
-            let name = format!("n{k}_{i}");
-            ids.push(Some(match arg {
-                In(s) => {
-                    let t = data(&mut self.rng, s);
-                    let id = self.g.add_input(&name, ValueType::of(&t)).unwrap();
-                    self.inputs.push((name, t));
-                    id
-                }
-                Const(s) => {
-                    let t = data(&mut self.rng, s);
-                    self.g.add_const(&name, t).unwrap()
-                }
-            }));
-        }
-        let mut a = Attrs::default();
-        for (key, v) in attrs {
-            a.set(key, v.clone());
-        }
-        let n = self
-            .g
-            .add_node(&format!("n{k}"), op, 13, a, ids, &[format!("y{k}")])
-            .unwrap();
-        let out = self.g.node(n).outputs[0];
-        self.g.outputs.push(out);
-    }
-}
-
-fn act(name: &str) -> (&'static str, Attr) {
-    ("activation", Attr::String(name.to_string()))
-}
-
 fn graph() -> (Graph, Vec<(String, Tensor)>) {
-    let mut b = Builder {
-        g: Graph::new("t"),
-        inputs: Vec::new(),
-        rng: SplitMix64::new(11),
+    let edges = Edges {
+        third: [In(vec![8, 16]), Const(vec![16, 64])],
+        // Two depth blocks (kc = 512 bf16 for graviton's 64 KiB L1d): the
+        // load-C path, and a 5-deep tail.
+        depth: 525,
+        gemm_rows: 15,
     };
-    b.node("MatMul", &[], &[In(vec![1, 1]), Const(vec![1, 1])]);
-    b.node("MatMul", &[], &[In(vec![13, 31]), Const(vec![31, 45])]);
-    b.node("MatMul", &[], &[In(vec![8, 16]), Const(vec![16, 64])]);
-    b.node(
-        "MatMul",
-        &[],
-        &[In(vec![2, 1, 17, 40]), Const(vec![3, 40, 45])],
-    );
-    // Two depth blocks (kc = 512 bf16 for graviton's 64 KiB L1d): the
-    // load-C path, and a 5-deep tail.
-    b.node(
-        "cpucc.FusedMatMul",
-        &[act("Sigmoid")],
-        &[In(vec![9, 525]), Const(vec![525, 70]), Const(vec![70])],
-    );
-    b.node(
-        "cpucc.FusedMatMul",
-        &[act("Relu")],
-        &[
-            In(vec![29, 70]),
-            Const(vec![70, 97]),
-            Const(vec![97]),
-            In(vec![29, 97]),
-        ],
-    );
-    b.node(
-        "cpucc.FusedGemm",
-        &[
-            ("transB", Attr::Int(1)),
-            ("alpha", Attr::Float(0.75)),
-            ("beta", Attr::Float(-1.5)),
-            act("Clip"),
-            ("act_alpha", Attr::Float(-0.25)),
-            ("act_beta", Attr::Float(0.5)),
-        ],
-        &[In(vec![15, 23]), Const(vec![65, 23]), Const(vec![15, 1])],
-    );
-    for (x, w, s, p) in [
-        ([1, 9, 9, 5], [40, 5, 3, 3], 2, 1),
-        ([2, 4, 5, 16], [33, 16, 1, 1], 1, 0),
-    ] {
-        let oh = (x[1] + 2 * p - w[2]) / s + 1;
-        let ow = (x[2] + 2 * p - w[3]) / s + 1;
-        b.node(
-            "cpucc.FusedConv",
-            &[
-                ("strides", Attr::Ints(vec![s as i64; 2])),
-                ("pads", Attr::Ints(vec![p as i64; 4])),
-                ("layout", Attr::String("NHWC".into())),
-                act("Relu"),
-            ],
-            &[
-                In(x.to_vec()),
-                Const(w.to_vec()),
-                Const(vec![w[0]]),
-                In(vec![x[0], oh, ow, w[0]]),
-            ],
-        );
-    }
-    (b.g, b.inputs)
+    gemm_graph::graph(11, data, edges)
 }
 
 /// Compiles `g` with `--fast-math bf16`; returns object, header and its
