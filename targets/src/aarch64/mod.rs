@@ -202,6 +202,20 @@ impl Asm {
         self.emit(0x9100_0000 | i << 10 | (n.0 as u32) << 5 | d.0 as u32);
     }
 
+    /// `p += bytes` for any sign or size: one add/sub immediate when it
+    /// fits, else through `tmp`.
+    pub fn add_bytes(&mut self, p: X, bytes: i64, tmp: X) {
+        match bytes {
+            0 => {}
+            b @ 1..4096 => self.add_imm(p, p, b),
+            b @ -4095..0 => self.sub_imm(p, p, -b),
+            b => {
+                self.mov_imm(tmp, b as u64);
+                self.add(p, p, tmp, 0);
+            }
+        }
+    }
+
     /// `sub xd, xn, #imm`
     pub fn sub_imm(&mut self, d: X, n: X, imm: i64) {
         let i = self.field("sub immediate", imm, 12);

@@ -106,19 +106,6 @@ fn acc(rp: usize, v: usize) -> Z {
     Z(8 + 4 * rp as u8 + v as u8)
 }
 
-/// `p += delta * 4` bytes (any sign or size).
-fn bump(a: &mut Asm, p: X, delta: i64) {
-    match delta * 4 {
-        0 => {}
-        b @ 1..4096 => a.add_imm(p, p, b),
-        b @ -4095..0 => a.sub_imm(p, p, -b),
-        b => {
-            a.mov_imm(TMP, b as u64);
-            a.add(p, p, TMP, 0);
-        }
-    }
-}
-
 fn splat(a: &mut Asm, z: Z, x: f32) {
     a.mov_imm(TMP, x.to_bits() as u64);
     a.dup_w(z, TMP);
@@ -240,10 +227,10 @@ fn store(a: &mut Asm, t: &Tile, epi: bool) {
         a.st1w(Z(0), LO, PA, 0);
         a.st1w(Z(1), HI, PA, 1);
         if i + 1 < mr {
-            bump(a, PA, t.ldc);
+            a.add_bytes(PA, 4 * t.ldc, TMP);
             for (operand, ptr) in [(bias, PB), (res, PB1)] {
                 if let Some((rs, _)) = operand {
-                    bump(a, ptr, rs);
+                    a.add_bytes(ptr, 4 * rs, TMP);
                 }
             }
         }
@@ -288,9 +275,9 @@ pub fn assemble(t: &Tile) -> std::result::Result<Vec<u8>, String> {
         for (h, g) in [(0, LO), (1, HI)] {
             a.ld1w(Z(0), g, PA, h);
             if 2 * rp + 1 < mr {
-                bump(&mut a, PA, t.ldc);
+                a.add_bytes(PA, 4 * t.ldc, TMP);
                 a.ld1w(Z(1), g, PA, h);
-                bump(&mut a, PA, -t.ldc);
+                a.add_bytes(PA, -4 * t.ldc, TMP);
             } else {
                 a.dup_imm(Z(1), 0);
             }
@@ -298,7 +285,7 @@ pub fn assemble(t: &Tile) -> std::result::Result<Vec<u8>, String> {
             a.permute_d(Permute::Zip2, acc(rp, 2 * h as usize + 1), Z(0), Z(1));
         }
         if rp + 1 < pairs {
-            bump(&mut a, PA, 2 * t.ldc);
+            a.add_bytes(PA, 8 * t.ldc, TMP);
         }
     }
     a.b(start);

@@ -57,19 +57,6 @@ fn acc(i: usize, h: usize) -> V {
     V(8 + 4 * i as u8 + h as u8)
 }
 
-/// `p += bytes` (any sign or size).
-fn bump(a: &mut Asm, p: X, bytes: i64) {
-    match bytes {
-        0 => {}
-        b @ 1..4096 => a.add_imm(p, p, b),
-        b @ -4095..0 => a.sub_imm(p, p, -b),
-        b => {
-            a.mov_imm(TMP, b as u64);
-            a.add(p, p, TMP, 0);
-        }
-    }
-}
-
 fn splat(a: &mut Asm, v: V, x: f32) {
     a.mov_imm(TMP, x.to_bits() as u64);
     a.dup_4s(v, TMP);
@@ -95,7 +82,7 @@ fn body(a: &mut Asm, t: &Tile, ops: Operands) {
             a.ldr_q(acc(i, h), PC, 16 * h as i64);
         }
         if i + 1 < mr {
-            bump(a, PC, ops.c.1);
+            a.add_bytes(PC, ops.c.1, TMP);
         }
     }
     a.b(start);
@@ -189,7 +176,7 @@ fn body(a: &mut Asm, t: &Tile, ops: Operands) {
                 }
             }
             if i + 1 < mr {
-                bump(a, PB, rs);
+                a.add_bytes(PB, rs, TMP);
             }
         }
     }
@@ -222,7 +209,7 @@ fn body(a: &mut Asm, t: &Tile, ops: Operands) {
             a.str_q(acc(i, h), PC, 16 * h as i64);
         }
         if i + 1 < mr {
-            bump(a, PC, ops.c.1);
+            a.add_bytes(PC, ops.c.1, TMP);
         }
     }
 }
@@ -244,20 +231,11 @@ fn copy_rows(a: &mut Asm, src: X, src_rs: i64, dst: X, dst_rs: i64, rows: usize)
         a.cmp(J, TMP);
         a.b_cond(Cond::Lt, col);
         if r + 1 < rows {
-            bump_keep(a, SRC, src_rs);
-            bump_keep(a, DST, dst_rs);
+            // TMP holds the row count (`copy_rows`): large strides go
+            // through J, free between rows.
+            a.add_bytes(SRC, src_rs, J);
+            a.add_bytes(DST, dst_rs, J);
         }
-    }
-}
-
-/// `bump` without clobbering TMP (which `copy_rows` holds): large strides
-/// go through J, free between rows.
-fn bump_keep(a: &mut Asm, p: X, bytes: i64) {
-    if (-4095..4096).contains(&bytes) {
-        bump(a, p, bytes);
-    } else {
-        a.mov_imm(J, bytes as u64);
-        a.add(p, p, J, 0);
     }
 }
 

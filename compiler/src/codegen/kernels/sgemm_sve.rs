@@ -59,19 +59,6 @@ fn acc(i: usize, h: usize) -> Z {
     Z(8 + 2 * i as u8 + h as u8)
 }
 
-/// `p += delta * 4` bytes (any sign or size).
-fn bump(a: &mut Asm, p: X, delta: i64) {
-    match delta * 4 {
-        0 => {}
-        b @ 1..4096 => a.add_imm(p, p, b),
-        b @ -4095..0 => a.sub_imm(p, p, -b),
-        b => {
-            a.mov_imm(TMP, b as u64);
-            a.add(p, p, TMP, 0);
-        }
-    }
-}
-
 fn splat(a: &mut Asm, z: Z, x: f32) {
     a.mov_imm(TMP, x.to_bits() as u64);
     a.dup_w(z, TMP);
@@ -111,7 +98,7 @@ pub fn assemble(t: &Tile) -> std::result::Result<Vec<u8>, String> {
         a.ld1w(acc(i, 0), LO, PA, 0);
         a.ld1w(acc(i, 1), HI, PA, 1);
         if i + 1 < mr {
-            bump(&mut a, PA, t.ldc);
+            a.add_bytes(PA, 4 * t.ldc, TMP);
         }
     }
     a.b(start);
@@ -225,7 +212,7 @@ pub fn assemble(t: &Tile) -> std::result::Result<Vec<u8>, String> {
                 }
             }
             if i + 1 < mr {
-                bump(&mut a, PB, rs);
+                a.add_bytes(PB, 4 * rs, TMP);
             }
         }
     }
@@ -257,7 +244,7 @@ pub fn assemble(t: &Tile) -> std::result::Result<Vec<u8>, String> {
         a.st1w(acc(i, 0), LO, PA, 0);
         a.st1w(acc(i, 1), HI, PA, 1);
         if i + 1 < mr {
-            bump(&mut a, PA, t.ldc);
+            a.add_bytes(PA, 4 * t.ldc, TMP);
         }
     }
     a.incw(COL, 2);
