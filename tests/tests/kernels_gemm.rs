@@ -494,3 +494,48 @@ fn attention_blocked_loops() {
         check("Attention", 23, &[], vec![In(q), In(k), In(v), In(mask)]);
     }
 }
+
+/// Attention on the GEMM tiles (AVX-512 hosts): query rows past one
+/// 14-row block, keys past one 32-column panel and past one depth block
+/// (200), value widths with an edge panel, grouped heads, the causal mask
+/// with a float mask (four keys at a time) and a boolean mask (one).
+#[test]
+fn attention_on_gemm_tiles() {
+    let mut rng = SplitMix64::new(12);
+    for (s, t, d, dv) in [(30, 70, 40, 33), (17, 200, 64, 64), (1, 45, 8, 80)] {
+        let q = data(&mut rng, &[1, 4, s, d]);
+        let k = data(&mut rng, &[1, 2, t, d]);
+        let v = data(&mut rng, &[1, 2, t, dv]);
+        let qkv = || vec![In(q.clone()), In(k.clone()), In(v.clone())];
+        check("Attention", 23, &[], qkv());
+        let mut args = qkv();
+        args.push(In(data(&mut rng, &[s, t])));
+        check("Attention", 23, &[("is_causal", Attr::Int(1))], args);
+        let keep: Vec<f64> = (0..s * t)
+            .map(|_| (rng.uniform(0.0, 1.0) < 0.7) as u8 as f64)
+            .collect();
+        let mut args = qkv();
+        args.push(In(Tensor::from_f64s(DType::Bool, &[s, t], &keep).unwrap()));
+        check("Attention", 23, &[], args);
+    }
+}
+
+/// A's rows a multiple of 4 KiB apart (K = 1024, 2048) share L1 sets: the
+/// microkernel then reads a copy of A with padded rows.
+#[test]
+fn matmul_rows_on_one_cache_set() {
+    let mut rng = SplitMix64::new(13);
+    for (m, k, n) in [(30, 1024, 96), (15, 2048, 40)] {
+        let a = data(&mut rng, &[2, m, k]);
+        let b = data(&mut rng, &[k, n]);
+        check("MatMul", 13, &[], vec![In(a.clone()), Const(b.clone())]);
+        let bias = data(&mut rng, &[n]);
+        let res = data(&mut rng, &[2, m, n]);
+        check(
+            "cpucc.FusedMatMul",
+            13,
+            &[act("Relu")],
+            vec![In(a), Const(b), Const(bias), In(res)],
+        );
+    }
+}

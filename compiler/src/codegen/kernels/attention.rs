@@ -1,18 +1,23 @@
-//! ONNX `Attention` (what the fuse pass turns BERT-style attention into):
-//! one work item per (batch, head, query row) computes the scaled (and
-//! soft-capped) scores against every key (f32x4 dot products), adds the
-//! mask, hides keys by the causal, sliding-window and padding masks, takes a
-//! numerically stable softmax and accumulates the weighted values straight
-//! into the output row. Scores live in per-item scratch. A key/value cache
-//! is concatenated into the `present` outputs first, and the
-//! `qk_matmul_output` stage is written out when asked for.
+//! ONNX `Attention` (what the fuse pass turns BERT-style attention into).
+//! Each query row's scores against every key are scaled (and soft-capped),
+//! get the mask added, and keys hidden by the causal, sliding-window and
+//! padding masks become -inf; a numerically stable softmax follows, and
+//! the output row is the probability-weighted sum of the value rows. A
+//! key/value cache is concatenated into the `present` outputs first, and
+//! the `qk_matmul_output` stage is written out when asked for.
+//!
+//! On AVX-512 targets the two products run on the GEMM microkernel
+//! (`attention_zgemm`); elsewhere one work item per query row computes
+//! them with f32x4 dot products. Both share the mask and softmax stage
+//! here.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::types::{F32, F32X4, I8, I64};
+use cranelift_codegen::ir::types::{F32, F32X4, I8, I32, I32X4, I64};
 use cranelift_codegen::ir::{InstBuilder, Value};
+use cranelift_frontend::Variable;
 
-use super::math;
 use super::{NodeCx, Table};
+use super::{attention_zgemm, math};
 use crate::codegen::builder::{Kb, mem};
 use crate::codegen::lower::{Buf, Lower, Operand};
 use crate::codegen::nest::{self, Access};
@@ -38,12 +43,12 @@ fn qkv_strides(shape: &[usize], heads: usize) -> (i64, i64, i64, usize, usize) {
 
 /// Where a K or V operand's rows live: its buffer and element strides
 /// (batch, head, sequence) over `total` rows.
-struct Rows {
-    buf: Buf,
-    sb: i64,
-    sh: i64,
-    sj: i64,
-    total: usize,
+pub(super) struct Rows {
+    pub buf: Buf,
+    pub sb: i64,
+    pub sh: i64,
+    pub sj: i64,
+    pub total: usize,
 }
 
 /// The key (or value) rows: the input itself, or, with a cache or when the
@@ -129,6 +134,74 @@ fn mask_strides(m: &Operand) -> ([i64; 4], usize) {
     (st, s.last().copied().unwrap_or(1))
 }
 
+/// The compile-time shape and options of one Attention node.
+pub(super) struct Spec {
+    pub batch: usize,
+    pub qh: usize,
+    pub kvh: usize,
+    pub sq: usize,
+    pub dh: usize,
+    pub dv: usize,
+    pub total: usize,
+    /// Query / output strides (batch, head, row), elements.
+    pub qs: (i64, i64, i64),
+    pub os: (i64, i64, i64),
+    past: i64,
+    scale: f64,
+    softcap: f64,
+    causal: bool,
+    left: i64,
+    right: i64,
+    mode: i64,
+    mask: Option<(bool, ([i64; 4], usize))>,
+}
+
+/// Kernel argument slots of the optional operands.
+#[derive(Clone, Copy)]
+pub(super) struct Slots {
+    mask: Option<usize>,
+    nonpad: Option<usize>,
+    qk: Option<usize>,
+}
+
+/// Their pointers inside one kernel.
+#[derive(Clone, Copy)]
+pub(super) struct Opt {
+    mp: Option<Value>,
+    np: Option<Value>,
+    qkp: Option<Value>,
+}
+
+impl Slots {
+    pub fn load(self, kb: &mut Kb) -> Opt {
+        Opt {
+            mp: self.mask.map(|j| kb.arg(j)),
+            np: self.nonpad.map(|j| kb.arg(j)),
+            qkp: self.qk.map(|j| kb.arg(j)),
+        }
+    }
+}
+
+/// One query row's state in the mask and softmax stage.
+pub(super) struct Row {
+    b: Value,
+    h: Value,
+    i: Value,
+    /// Its scores (`total` floats) and `qk_matmul_output` row.
+    pub srow: Value,
+    qkrow: Option<Value>,
+    /// Keys at or past `valid` are padding.
+    valid: Option<Value>,
+    /// The query's key position, for the causal and window masks.
+    pos: Value,
+    /// The maximum logit, of the keys taken one and four at a time.
+    maxv: Variable,
+    maxv4: Variable,
+    live: Variable,
+    /// Lane offsets 0..4 of the keys taken four at a time.
+    iota: Value,
+}
+
 fn attention(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     let (q, k, v) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
     let a = cx.attrs();
@@ -148,31 +221,36 @@ fn attention(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     } else {
         (q.ty.shape[1], k.ty.shape[1])
     };
-    let batch = q.ty.shape[0];
     let (qsb, qsh, qsi, sq, dh) = qkv_strides(&q.ty.shape, qh);
     let opt_in = |i: usize| cx.ins.get(i).and_then(|o| o.as_ref());
     let (past_k, past_v) = (opt_in(4), opt_in(5));
     let kr = kv_rows(lw, k, past_k, cx.outs.get(1), kvh)?;
     let vr = kv_rows(lw, v, past_v, cx.outs.get(2), kvh)?;
-    let total = kr.total;
-    let past = past_k.map_or(0, |p| p.ty.shape[2]) as i64;
-    let dv = v.ty.shape[rank - 1] / if rank == 3 { kvh } else { 1 };
     let out = cx.out(0);
     let (osb, osh, osi, _, _) = qkv_strides(&out.ty.shape, qh);
-    let reps = qh / kvh;
-    let scale = match a.float_opt("scale")? {
-        Some(s) => s as f64,
-        None => 1.0 / (dh as f64).sqrt(),
+    let spec = Spec {
+        batch: q.ty.shape[0],
+        qh,
+        kvh,
+        sq,
+        dh,
+        dv: v.ty.shape[rank - 1] / if rank == 3 { kvh } else { 1 },
+        total: kr.total,
+        qs: (qsb, qsh, qsi),
+        os: (osb, osh, osi),
+        past: past_k.map_or(0, |p| p.ty.shape[2]) as i64,
+        scale: match a.float_opt("scale")? {
+            Some(s) => s as f64,
+            None => 1.0 / (dh as f64).sqrt(),
+        },
+        softcap: a.float("softcap", 0.0)? as f64,
+        causal: a.int("is_causal", 0)? != 0,
+        left: a.int("left_window_size", -1)?,
+        right: a.int("right_window_size", -1)?,
+        mode: a.int("qk_matmul_output_mode", 0)?,
+        mask: opt_in(3).map(|m| (m.ty.dtype == DType::Bool, mask_strides(m))),
     };
-    let softcap = a.float("softcap", 0.0)? as f64;
-    let causal = a.int("is_causal", 0)? != 0;
-    let left = a.int("left_window_size", -1)?;
-    let right = a.int("right_window_size", -1)?;
-    let mode = a.int("qk_matmul_output_mode", 0)?;
-    let mask = opt_in(3).map(|m| (m.ty.dtype == DType::Bool, mask_strides(m)));
-    let nonpad = opt_in(6);
-    let qk = cx.outs.get(3);
-    let scores = lw.scratch(batch * qh * sq * total * 4);
+    let scores = lw.scratch(spec.batch * qh * sq * spec.total * 4);
     let mut bufs = vec![q.buf, kr.buf, vr.buf, out.buf, scores];
     let mut slot = |b: Option<Buf>| {
         b.map(|b| {
@@ -180,14 +258,278 @@ fn attention(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
             bufs.len() - 1
         })
     };
-    let mask_arg = slot(opt_in(3).map(|m| m.buf));
-    let nonpad_arg = slot(nonpad.map(|n| n.buf));
-    let qk_arg = slot(qk.map(|o| o.buf));
-    lw.kernel(bufs, batch * qh * sq, |kb| {
+    let slots = Slots {
+        mask: slot(opt_in(3).map(|m| m.buf)),
+        nonpad: slot(opt_in(6).map(|n| n.buf)),
+        qk: slot(cx.outs.get(3).map(|o| o.buf)),
+    };
+    if let Some(g) = attention_zgemm::products(lw, &spec, q.buf, scores, out.buf) {
+        return attention_zgemm::emit(lw, &spec, &g, (&kr, &vr), bufs, slots);
+    }
+    rowwise(lw, &spec, &kr, &vr, bufs, slots)
+}
+
+/// Starts query row `i` of batch `b`, head `h`; `item` is its index in
+/// `[B, heads, Sq]`, which places its scores row.
+pub(super) fn begin_row(
+    kb: &mut Kb,
+    s: &Spec,
+    o: &Opt,
+    scores: Value,
+    (b, h, i): (Value, Value, Value),
+    item: Value,
+) -> Row {
+    let srow = kb.gep(scores, item, (s.total * 4) as i64);
+    let qkrow = o.qkp.map(|p| kb.gep(p, item, (s.total * 4) as i64));
+    let (valid, offset) = match o.np {
+        Some(np) => {
+            let a = kb.gep(np, b, 8);
+            let n = kb.b.ins().load(I64, mem(), a, 0);
+            let off = kb.b.ins().iadd_imm_s(n, -(s.sq as i64));
+            (Some(n), off)
+        }
+        None => (None, kb.i(s.past)),
+    };
+    let pos = kb.b.ins().iadd(i, offset);
+    let ninf = kb.b.ins().f32const(f32::NEG_INFINITY);
+    let maxv = kb.var(F32, ninf);
+    let ninf4 = kb.splat(F32X4, ninf);
+    let maxv4 = kb.var(F32X4, ninf4);
+    let no = kb.b.ins().iconst(I8, 0);
+    let live = kb.var(I8, no);
+    let mut iota = kb.bits(I32X4, 0);
+    for l in 1..4 {
+        let x = kb.b.ins().iconst(I32, l);
+        iota = kb.b.ins().insertlane(iota, x, l as u8);
+    }
+    Row {
+        b,
+        h,
+        i,
+        srow,
+        qkrow,
+        valid,
+        pos,
+        maxv,
+        maxv4,
+        live,
+        iota,
+    }
+}
+
+/// Whether [`score`] takes four keys at a time: no bool mask, and a float
+/// mask covering every key.
+pub(super) fn vectorizes(s: &Spec) -> bool {
+    s.mask
+        .is_none_or(|(is_bool, (st, mlen))| !is_bool && mlen == s.total && st[3] <= 1)
+}
+
+/// Turns the dot products `d` of keys `j..` (one, or four when `d` is
+/// F32X4: see [`vectorizes`]) with the query into their logits: scale,
+/// soft cap, the additive mask, -inf where any mask hides the key. Stores
+/// them to the scores row (and the `qk_matmul_output` stage asked for) and
+/// tracks the row's maximum.
+pub(super) fn score(kb: &mut Kb, s: &Spec, o: &Opt, r: &Row, j: Value, d: Value) {
+    let ty = kb.b.func.dfg.value_type(d);
+    let vec = ty.is_vector();
+    let ninf = kb.constant(ty, f64::NEG_INFINITY);
+    let sc = kb.constant(ty, s.scale);
+    let mut x = kb.b.ins().fmul(d, sc);
+    if s.softcap > 0.0 {
+        let inv = kb.constant(ty, 1.0 / s.softcap);
+        let t = kb.b.ins().fmul(x, inv);
+        let t = math::tanh(kb, ty, t);
+        let c = kb.constant(ty, s.softcap);
+        x = kb.b.ins().fmul(t, c);
+    }
+    // Key indices as the comparisons see them: j, or its four lanes.
+    let lanes = |kb: &mut Kb, v: Value| {
+        if vec {
+            let v = kb.b.ins().ireduce(I32, v);
+            kb.b.ins().splat(I32X4, v)
+        } else {
+            v
+        }
+    };
+    let jv = lanes(kb, j);
+    let jv = if vec { kb.b.ins().iadd(jv, r.iota) } else { jv };
+    let cmp_imm = |kb: &mut Kb, cc: IntCC, a: Value, imm: i64| {
+        if vec {
+            let c = kb.bits(I32X4, imm);
+            kb.b.ins().icmp(cc, a, c)
+        } else {
+            kb.b.ins().icmp_imm_s(cc, a, imm)
+        }
+    };
+    // The additive bias: the float mask's value, or -inf where any mask
+    // hides the key.
+    let mut bias = kb.constant(ty, 0.0);
+    let mut hidden = if vec {
+        kb.bits(I32X4, 0)
+    } else {
+        kb.b.ins().iconst(I8, 0)
+    };
+    let mut hide = |kb: &mut Kb, cond: Value| {
+        hidden = kb.b.ins().bor(hidden, cond);
+    };
+    if let (Some((is_bool, (st, mlen))), Some(mp)) = (s.mask, o.mp) {
+        if mlen < s.total {
+            let past_end = cmp_imm(kb, IntCC::SignedGreaterThanOrEqual, jv, mlen as i64);
+            hide(kb, past_end);
+        }
+        // Clamped so padded keys never read past the mask.
+        let jm = kb.i(mlen as i64 - 1);
+        let jc = kb.b.ins().smin(j, jm);
+        let mut off = kb.i(0);
+        for (idx, st) in [r.b, r.h, r.i, jc].into_iter().zip(st) {
+            if st != 0 {
+                let t = kb.muli(idx, st);
+                off = kb.b.ins().iadd(off, t);
+            }
+        }
+        if is_bool {
+            let ma = kb.gep(mp, off, 1);
+            let keep = kb.b.ins().load(I8, mem(), ma, 0);
+            let off_ = kb.b.ins().icmp_imm_s(IntCC::Equal, keep, 0);
+            hide(kb, off_);
+        } else {
+            let ma = kb.gep(mp, off, 4);
+            bias = if st[3] == 0 {
+                let m = kb.b.ins().load(F32, mem(), ma, 0);
+                kb.splat(ty, m)
+            } else {
+                kb.b.ins().load(ty, mem(), ma, 0)
+            };
+        }
+    }
+    let pos = lanes(kb, r.pos);
+    let diff = kb.b.ins().isub(pos, jv);
+    if s.causal {
+        let c = cmp_imm(kb, IntCC::SignedLessThan, diff, 0);
+        hide(kb, c);
+    }
+    if s.left >= 0 {
+        let c = cmp_imm(kb, IntCC::SignedGreaterThan, diff, s.left);
+        hide(kb, c);
+    }
+    if s.right >= 0 {
+        let c = cmp_imm(kb, IntCC::SignedLessThan, diff, -s.right);
+        hide(kb, c);
+    }
+    if let Some(n) = r.valid {
+        let n = lanes(kb, n);
+        let c = kb.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, jv, n);
+        hide(kb, c);
+    }
+    let bias = kb.sel(hidden, ninf, bias);
+    let unmasked = kb.b.ins().fcmp(FloatCC::NotEqual, bias, ninf);
+    let any = if vec {
+        kb.b.ins().vany_true(unmasked)
+    } else {
+        unmasked
+    };
+    let l = kb.b.use_var(r.live);
+    let l = kb.b.ins().bor(l, any);
+    kb.b.def_var(r.live, l);
+    let sum = kb.b.ins().fadd(x, bias);
+    let logit = kb.sel(unmasked, sum, ninf);
+    if let Some(qr) = r.qkrow {
+        let qa = kb.gep(qr, j, 4);
+        match s.mode {
+            0 => kb.b.ins().store(mem(), x, qa, 0),
+            1 if s.softcap > 0.0 => kb.b.ins().store(mem(), x, qa, 0),
+            1 | 2 => kb.b.ins().store(mem(), logit, qa, 0),
+            _ => kb.b.ins().nop(),
+        };
+    }
+    let sa = kb.gep(r.srow, j, 4);
+    kb.b.ins().store(mem(), logit, sa, 0);
+    let mv = if vec { r.maxv4 } else { r.maxv };
+    let m = kb.b.use_var(mv);
+    let m = kb.b.ins().fmax(m, logit);
+    kb.b.def_var(mv, m);
+}
+
+/// Replaces the row's logits by exp(x - max) and returns 1 / their sum (0
+/// for a fully masked row, which so yields zeros); writes the
+/// probabilities to `qk_matmul_output` in mode 3.
+pub(super) fn softmax(kb: &mut Kb, s: &Spec, r: &Row) -> Value {
+    let ninf = kb.b.ins().f32const(f32::NEG_INFINITY);
+    let tj = kb.i(s.total as i64);
+    let mut m = kb.b.use_var(r.maxv);
+    let m4 = kb.b.use_var(r.maxv4);
+    for l in 0..4 {
+        let x = kb.b.ins().extractlane(m4, l);
+        m = kb.b.ins().fmax(m, x);
+    }
+    let l = kb.b.use_var(r.live);
+    let inf_max = kb.b.ins().fcmp(FloatCC::Equal, m, ninf);
+    let dead = kb.b.ins().icmp_imm_s(IntCC::Equal, l, 0);
+    let dead = kb.b.ins().bor(dead, inf_max);
+    let zero = kb.b.ins().f32const(0.0);
+    let m = kb.b.ins().select(inf_max, zero, m);
+    let sum = kb.var(F32, zero);
+    let zv = kb.constant(F32X4, 0.0);
+    let sumv = kb.var(F32X4, zv);
+    let z = kb.i(0);
+    kb.for_vec(z, tj, 4, |kb, j, lanes| {
+        let (ty, acc) = if lanes == 1 {
+            (F32, sum)
+        } else {
+            (F32X4, sumv)
+        };
+        let sa = kb.gep(r.srow, j, 4);
+        let x = kb.b.ins().load(ty, mem(), sa, 0);
+        let mv = kb.splat(ty, m);
+        let x = kb.b.ins().fsub(x, mv);
+        let p = math::exp_flush(kb, ty, x);
+        kb.b.ins().store(mem(), p, sa, 0);
+        let s = kb.b.use_var(acc);
+        let s = kb.b.ins().fadd(s, p);
+        kb.b.def_var(acc, s);
+    });
+    let sv = kb.b.use_var(sumv);
+    let mut t = kb.b.use_var(sum);
+    for l in 0..4 {
+        let x = kb.b.ins().extractlane(sv, l);
+        t = kb.b.ins().fadd(t, x);
+    }
+    let pos_sum = kb.b.ins().fcmp(FloatCC::GreaterThan, t, zero);
+    let one = kb.b.ins().f32const(1.0);
+    let inv = kb.b.ins().fdiv(one, t);
+    let inv = kb.b.ins().select(pos_sum, inv, zero);
+    let inv = kb.b.ins().select(dead, zero, inv);
+    if let (Some(qr), 3) = (r.qkrow, s.mode) {
+        let z = kb.i(0);
+        kb.for_range(z, tj, 1, |kb, j| {
+            let sa = kb.gep(r.srow, j, 4);
+            let p = kb.b.ins().load(F32, mem(), sa, 0);
+            let p = kb.b.ins().fmul(p, inv);
+            let qa = kb.gep(qr, j, 4);
+            kb.b.ins().store(mem(), p, qa, 0);
+        });
+    }
+    inv
+}
+
+/// The portable form: one work item per (batch, head, query row), f32x4
+/// dot products against every key, then the weighted values accumulated
+/// straight into the output row.
+fn rowwise(
+    lw: &mut Lower,
+    s: &Spec,
+    kr: &Rows,
+    vr: &Rows,
+    bufs: Vec<Buf>,
+    slots: Slots,
+) -> Result<()> {
+    let (sq, qh, dh, dv, total) = (s.sq, s.qh, s.dh, s.dv, s.total);
+    let reps = s.qh / s.kvh;
+    let (qsb, qsh, qsi) = s.qs;
+    let (osb, osh, osi) = s.os;
+    lw.kernel(bufs, s.batch * qh * sq, |kb| {
         let (qp, kp, vp, op, sp) = (kb.arg(0), kb.arg(1), kb.arg(2), kb.arg(3), kb.arg(4));
-        let mp = mask_arg.map(|j| kb.arg(j));
-        let np = nonpad_arg.map(|j| kb.arg(j));
-        let qkp = qk_arg.map(|j| kb.arg(j));
+        let o = slots.load(kb);
         let (b0, e0) = (kb.begin, kb.end);
         kb.for_range(b0, e0, 1, |kb, item| {
             let i = kb.b.ins().urem_imm_u(item, sq as i64);
@@ -205,110 +547,8 @@ fn attention(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
             let vbase = row(kb, vp, vr.sb, vr.sh, kh);
             let orow = row(kb, op, osb, osh, h);
             let orow = kb.gep(orow, i, osi * 4);
-            let srow = kb.gep(sp, item, (total * 4) as i64);
-            let qkrow = qkp.map(|p| kb.gep(p, item, (total * 4) as i64));
-            // Keys at or past `valid` are padding; query i sits at key
-            // position i + offset for the causal and window masks.
-            let (valid, offset) = match np {
-                Some(np) => {
-                    let a = kb.gep(np, b, 8);
-                    let n = kb.b.ins().load(I64, mem(), a, 0);
-                    let o = kb.b.ins().iadd_imm_s(n, -(sq as i64));
-                    (Some(n), o)
-                }
-                None => (None, kb.i(past)),
-            };
-            let pos = kb.b.ins().iadd(i, offset);
-            let ninf = kb.b.ins().f32const(f32::NEG_INFINITY);
-            let maxv = kb.var(F32, ninf);
-            let no = kb.b.ins().iconst(I8, 0);
-            let live = kb.var(I8, no);
-            let z = kb.i(0);
-            let tj = kb.i(total as i64);
-            // Logit of key j from its dot product with the query.
-            let score = |kb: &mut Kb, j: Value, d: Value| {
-                let sc = kb.b.ins().f32const(scale as f32);
-                let mut x = kb.b.ins().fmul(d, sc);
-                if softcap > 0.0 {
-                    let inv = kb.b.ins().f32const((1.0 / softcap) as f32);
-                    let t = kb.b.ins().fmul(x, inv);
-                    let t = math::tanh(kb, F32, t);
-                    let c = kb.b.ins().f32const(softcap as f32);
-                    x = kb.b.ins().fmul(t, c);
-                }
-                // The additive bias: the float mask's value, or -inf where
-                // any mask hides key j.
-                let mut bias = kb.b.ins().f32const(0.0);
-                let mut hidden = kb.b.ins().iconst(I8, 0);
-                let mut hide = |kb: &mut Kb, cond: Value| {
-                    hidden = kb.b.ins().bor(hidden, cond);
-                };
-                if let (Some((is_bool, (st, mlen))), Some(mp)) = (mask, mp) {
-                    if mlen < total {
-                        let past_end =
-                            kb.b.ins()
-                                .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, j, mlen as i64);
-                        hide(kb, past_end);
-                    }
-                    // Clamped so padded keys never read past the mask.
-                    let jm = kb.i(mlen as i64 - 1);
-                    let jc = kb.b.ins().smin(j, jm);
-                    let mut off = kb.i(0);
-                    for (idx, s) in [b, h, i, jc].into_iter().zip(st) {
-                        if s != 0 {
-                            let t = kb.muli(idx, s);
-                            off = kb.b.ins().iadd(off, t);
-                        }
-                    }
-                    if is_bool {
-                        let ma = kb.gep(mp, off, 1);
-                        let keep = kb.b.ins().load(I8, mem(), ma, 0);
-                        let off_ = kb.b.ins().icmp_imm_s(IntCC::Equal, keep, 0);
-                        hide(kb, off_);
-                    } else {
-                        let ma = kb.gep(mp, off, 4);
-                        bias = kb.b.ins().load(F32, mem(), ma, 0);
-                    }
-                }
-                let diff = kb.b.ins().isub(pos, j);
-                if causal {
-                    let c = kb.b.ins().icmp_imm_s(IntCC::SignedLessThan, diff, 0);
-                    hide(kb, c);
-                }
-                if left >= 0 {
-                    let c = kb.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, diff, left);
-                    hide(kb, c);
-                }
-                if right >= 0 {
-                    let c = kb.b.ins().icmp_imm_s(IntCC::SignedLessThan, diff, -right);
-                    hide(kb, c);
-                }
-                if let Some(n) = valid {
-                    let c = kb.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, j, n);
-                    hide(kb, c);
-                }
-                let bias = kb.b.ins().select(hidden, ninf, bias);
-                let unmasked = kb.b.ins().fcmp(FloatCC::NotEqual, bias, ninf);
-                let l = kb.b.use_var(live);
-                let l = kb.b.ins().bor(l, unmasked);
-                kb.b.def_var(live, l);
-                let sum = kb.b.ins().fadd(x, bias);
-                let logit = kb.b.ins().select(unmasked, sum, ninf);
-                if let Some(qr) = qkrow {
-                    let qa = kb.gep(qr, j, 4);
-                    match mode {
-                        0 => kb.b.ins().store(mem(), x, qa, 0),
-                        1 if softcap > 0.0 => kb.b.ins().store(mem(), x, qa, 0),
-                        1 | 2 => kb.b.ins().store(mem(), logit, qa, 0),
-                        _ => kb.b.ins().nop(),
-                    };
-                }
-                let sa = kb.gep(srow, j, 4);
-                kb.b.ins().store(mem(), logit, sa, 0);
-                let m = kb.b.use_var(maxv);
-                let m = kb.b.ins().fmax(m, logit);
-                kb.b.def_var(maxv, m);
-            };
+            let r = begin_row(kb, s, &o, sp, (b, h, i), item);
+            let (z, tj) = (kb.i(0), kb.i(total as i64));
             // Four keys at a time: independent dot products.
             let t4 = kb.i((total - total % 4) as i64);
             kb.for_range(z, t4, 4, |kb, j| {
@@ -316,63 +556,16 @@ fn attention(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
                 let ds = dot4(kb, qrow, krow, kr.sj * 4, dh);
                 for (q, d) in ds.into_iter().enumerate() {
                     let jq = kb.addi(j, q as i64);
-                    score(kb, jq, d);
+                    score(kb, s, &o, &r, jq, d);
                 }
             });
             kb.for_range(t4, tj, 1, |kb, j| {
                 let krow = kb.gep(kbase, j, kr.sj * 4);
                 let d = dot(kb, qrow, krow, dh);
-                score(kb, j, d);
+                score(kb, s, &o, &r, j, d);
             });
-            // exp(x - max) and the sum; a fully masked row gives zeros.
-            let m = kb.b.use_var(maxv);
-            let l = kb.b.use_var(live);
-            let inf_max = kb.b.ins().fcmp(FloatCC::Equal, m, ninf);
-            let dead = kb.b.ins().icmp_imm_s(IntCC::Equal, l, 0);
-            let dead = kb.b.ins().bor(dead, inf_max);
-            let zero = kb.b.ins().f32const(0.0);
-            let m = kb.b.ins().select(inf_max, zero, m);
-            let sum = kb.var(F32, zero);
-            let zv = kb.constant(F32X4, 0.0);
-            let sumv = kb.var(F32X4, zv);
-            let z = kb.i(0);
-            kb.for_vec(z, tj, 4, |kb, j, lanes| {
-                let (ty, acc) = if lanes == 1 {
-                    (F32, sum)
-                } else {
-                    (F32X4, sumv)
-                };
-                let sa = kb.gep(srow, j, 4);
-                let x = kb.b.ins().load(ty, mem(), sa, 0);
-                let mv = kb.splat(ty, m);
-                let x = kb.b.ins().fsub(x, mv);
-                let p = math::exp(kb, ty, x);
-                kb.b.ins().store(mem(), p, sa, 0);
-                let s = kb.b.use_var(acc);
-                let s = kb.b.ins().fadd(s, p);
-                kb.b.def_var(acc, s);
-            });
-            let sv = kb.b.use_var(sumv);
-            let mut s = kb.b.use_var(sum);
-            for l in 0..4 {
-                let x = kb.b.ins().extractlane(sv, l);
-                s = kb.b.ins().fadd(s, x);
-            }
-            let pos_sum = kb.b.ins().fcmp(FloatCC::GreaterThan, s, zero);
-            let one = kb.b.ins().f32const(1.0);
-            let inv = kb.b.ins().fdiv(one, s);
-            let inv = kb.b.ins().select(pos_sum, inv, zero);
-            let inv = kb.b.ins().select(dead, zero, inv);
-            if let (Some(qr), 3) = (qkrow, mode) {
-                let z = kb.i(0);
-                kb.for_range(z, tj, 1, |kb, j| {
-                    let sa = kb.gep(srow, j, 4);
-                    let p = kb.b.ins().load(F32, mem(), sa, 0);
-                    let p = kb.b.ins().fmul(p, inv);
-                    let qa = kb.gep(qr, j, 4);
-                    kb.b.ins().store(mem(), p, qa, 0);
-                });
-            }
+            let inv = softmax(kb, s, &r);
+            let srow = r.srow;
             // y = sum_j p_j v_j, scaled by 1/sum at the end: 16 columns
             // at a time (four independent chains), then by 4 and 1.
             let z = kb.i(0);

@@ -56,7 +56,26 @@ fn round_small(kb: &mut Kb, ty: Type, x: Value) -> Value {
 }
 
 pub fn exp(kb: &mut Kb, ty: Type, x: Value) -> Value {
-    let lo = kb.constant(ty, -104.0);
+    exp_above(kb, ty, x, -104.0)
+}
+
+/// `exp` for softmax-like sums of exponentials: results below the normal
+/// range (under ~1.6e-38 for f32, 3e-308 for f64) become 0. On x86 every
+/// operation that makes a subnormal takes a microcode assist of ~150
+/// cycles, and masked attention keys (x = -inf or -3.4e38) hit it for
+/// every element.
+pub fn exp_flush(kb: &mut Kb, ty: Type, x: Value) -> Value {
+    let lo = if ty.lane_type() == F32 { -87.0 } else { -708.0 };
+    let y = exp_above(kb, ty, x, lo);
+    let lov = kb.constant(ty, lo);
+    let tiny = kb.b.ins().fcmp(FloatCC::LessThan, x, lov);
+    let zero = kb.constant(ty, 0.0);
+    kb.sel(tiny, zero, y)
+}
+
+/// `exp(max(x, lo))`, with NaN and overflow kept.
+fn exp_above(kb: &mut Kb, ty: Type, x: Value, lo: f64) -> Value {
+    let lo = kb.constant(ty, lo);
     let hi = kb.constant(ty, 89.0);
     let xc = kb.b.ins().fmax(x, lo);
     let xc = kb.b.ins().fmin(xc, hi);

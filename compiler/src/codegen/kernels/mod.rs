@@ -3,6 +3,7 @@
 
 mod amx;
 mod attention;
+mod attention_zgemm;
 mod bf16gemm;
 mod bfmmla;
 mod chain;

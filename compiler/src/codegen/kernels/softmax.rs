@@ -182,7 +182,7 @@ fn softmax(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
             let exp_sub = move |kb: &mut Kb, x: Value, ty: Type| {
                 let mm = fit(kb, m, ty);
                 let d = kb.b.ins().fsub(x, mm);
-                math::exp(kb, ty, d)
+                math::exp_flush(kb, ty, d)
             };
             let sum = if stash {
                 xr.map(kb, &yr, &exp_sub);

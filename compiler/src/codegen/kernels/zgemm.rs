@@ -36,6 +36,61 @@ pub const ZMR: usize = 14;
 /// one tile column's work per element).
 const COPY_A_MIN_COLS: usize = 256;
 
+/// Whether a tile's A rows (of `m`), `rs` elements apart, pile onto few L1
+/// sets: more than [`MAX_ROWS_PER_SET`] rows share a set (which has 12
+/// ways on recent cores, about half of them taken by the B panel block),
+/// as when rows are a multiple of 2 KiB apart. Each row's cache line is
+/// then evicted before its next depth step reads it.
+fn set_conflicts(rs: i64, m: usize) -> bool {
+    let mut per_set = [0usize; 64];
+    for i in 0..m.min(ZMR) as i64 {
+        per_set[((i * rs * 4).rem_euclid(4096) / 64) as usize] += 1;
+    }
+    per_set.iter().any(|&n| n > MAX_ROWS_PER_SET)
+}
+
+const MAX_ROWS_PER_SET: usize = 4;
+
+/// `g` reading a copy of A whose rows are padded to a stride free of set
+/// conflicts: one pass over A, where copying per work item would repeat
+/// for every panel group.
+fn restride_a(lw: &mut Lower, g: &Gemm) -> Result<Gemm> {
+    let (m, k) = (g.m, g.k);
+    let mut rs = k.next_multiple_of(16) as i64;
+    while set_conflicts(rs, m) {
+        rs += 16;
+    }
+    let buf = lw.scratch(g.batch * m * rs as usize * 4);
+    let offs = lw.data(g.offsets.iter().flat_map(|o| o[0].to_le_bytes()).collect())?;
+    let (src_rs, rows) = (g.a.rs, m as i64);
+    lw.kernel(vec![g.a.buf, buf, offs], g.batch * m, |kb| {
+        let (src, dst, op) = (kb.arg(0), kb.arg(1), kb.arg(2));
+        let len = kb.i(k as i64);
+        let (b0, e0) = (kb.begin, kb.end);
+        kb.for_range(b0, e0, 1, |kb, item| {
+            let b = kb.b.ins().udiv_imm_u(item, rows);
+            let r = kb.b.ins().urem_imm_u(item, rows);
+            let oa = kb.gep(op, b, 8);
+            let o = kb.b.ins().load(I64, mem(), oa, 0);
+            let from = kb.gep(src, o, 4);
+            let from = kb.gep(from, r, src_rs * 4);
+            let to = kb.gep(dst, item, rs * 4);
+            kb.copy_f32(from, to, len);
+        });
+    })?;
+    Ok(Gemm {
+        a: Mat { buf, rs, cs: 1 },
+        bias: g.bias.clone(),
+        residual: g.residual.clone(),
+        offsets: (0..g.batch)
+            .zip(&g.offsets)
+            .map(|(b, o)| [(b * m) as i64 * rs, o[1], o[2], o[3], o[4]])
+            .collect(),
+        c: g.c.clone(),
+        ..*g
+    })
+}
+
 /// Whether the microkernel handles `g` (else the portable CLIF GEMM).
 pub fn fits(lw: &Lower, g: &Gemm) -> bool {
     let unit = |m: &Option<Mat>| m.as_ref().is_none_or(|m| m.cs == 0 || m.cs == 1);
@@ -364,6 +419,10 @@ pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
     // rows (a multiple of 4 KiB apart in wide layers) would share L1 sets
     // and evict each other within one tile.
     let copy_a = m > 1 && ppg * ZNR >= COPY_A_MIN_COLS;
+    if !copy_a && set_conflicts(g.a.rs, m) {
+        let g = restride_a(lw, g)?;
+        return compute(lw, &g, packed);
+    }
     let pl = plan(lw, g, if copy_a { kc as i64 } else { g.a.rs })?;
     let (panels, mblocks) = (pl.panels, pl.mblocks);
     lw.note_kernel(format!(
