@@ -39,9 +39,15 @@ enum Arg {
 }
 use Arg::{Const, In};
 
-/// One node over `args` (in the node's input order); compares native
-/// against the interpreter within 1e-4 of the output's magnitude.
-fn check(op: &str, opset: i64, attrs: &[(&str, Attr)], args: Vec<Arg>) {
+/// One node over `args` (in the node's input order): the interpreter's
+/// output, and each native target's from two runs (the second reuses the
+/// first one's workspace).
+fn outputs(
+    op: &str,
+    opset: i64,
+    attrs: &[(&str, Attr)],
+    args: Vec<Arg>,
+) -> (Vec<f64>, Vec<(String, Vec<f64>)>) {
     let mut g = Graph::new("t");
     let mut ids = Vec::new();
     let mut ins = Vec::new();
@@ -64,21 +70,29 @@ fn check(op: &str, opset: i64, attrs: &[(&str, Attr)], args: Vec<Arg>) {
         .unwrap();
     g.outputs = g.node(node).outputs.clone();
     let want = interp::run(&g, &ins).unwrap().remove(0).to_f64_vec();
-    let scale = want.iter().fold(1e-3f64, |m, x| m.max(x.abs()));
+    let mut got = Vec::new();
     for t in targets() {
         let m = JitModel::compile(&g, &t, &mut Dumps::default())
             .unwrap_or_else(|e| panic!("{op} on {}: {e}", t.name));
-        // Twice: the second run reuses the first one's workspace.
         for run in 0..2 {
-            let got = m.run(&ins).unwrap().remove(0).to_f64_vec();
-            assert_eq!(got.len(), want.len());
-            for (k, (w, h)) in want.iter().zip(&got).enumerate() {
-                assert!(
-                    (w - h).abs() <= 1e-4 * scale,
-                    "{op} {attrs:?} on {} (run {run}): element {k}: {h} != {w}",
-                    t.name
-                );
-            }
+            let y = m.run(&ins).unwrap().remove(0).to_f64_vec();
+            assert_eq!(y.len(), want.len());
+            got.push((format!("{} (run {run})", t.name), y));
+        }
+    }
+    (want, got)
+}
+
+/// [`outputs`] agree within 1e-4 of the output's magnitude.
+fn check(op: &str, opset: i64, attrs: &[(&str, Attr)], args: Vec<Arg>) {
+    let (want, got) = outputs(op, opset, attrs, args);
+    let scale = want.iter().fold(1e-3f64, |m, x| m.max(x.abs()));
+    for (name, got) in got {
+        for (k, (w, h)) in want.iter().zip(&got).enumerate() {
+            assert!(
+                (w - h).abs() <= 1e-4 * scale,
+                "{op} {attrs:?} on {name}: element {k}: {h} != {w}"
+            );
         }
     }
 }
@@ -537,5 +551,63 @@ fn matmul_rows_on_one_cache_set() {
             &[act("Relu")],
             vec![In(a), Const(b), Const(bias), In(res)],
         );
+    }
+}
+
+/// The epilogue activations (in registers on AVX-512) across their range,
+/// infinities and NaN included: C = A·0 + residual, so each activation
+/// sees the residual's values. Agreement: the same NaN/infinity, else
+/// within 1e-6 (absolute below 1, relative above).
+#[test]
+fn epilogue_activations_at_extremes() {
+    let vals = [
+        f64::NEG_INFINITY,
+        -100.0,
+        -20.0,
+        -9.0,
+        -5.0,
+        -1.5,
+        -1e-3,
+        -0.0,
+        0.0,
+        1e-30,
+        1e-3,
+        0.7,
+        3.0,
+        9.0,
+        20.0,
+        100.0,
+        f64::INFINITY,
+        f64::NAN,
+    ];
+    let (m, k, n) = (3, 8, 2 * vals.len());
+    let mut rng = SplitMix64::new(14);
+    let a = data(&mut rng, &[m, k]);
+    let zeros = Tensor::from_f64s(DType::F32, &[k, n], &vec![0.0; k * n]).unwrap();
+    let res: Vec<f64> = (0..m * n).map(|i| vals[(i * 7) % vals.len()]).collect();
+    let res = Tensor::from_f64s(DType::F32, &[m, n], &res).unwrap();
+    let bias = Tensor::from_f64s(DType::F32, &[n], &vec![0.0; n]).unwrap();
+    for name in ["Relu", "Sigmoid", "Gelu", "GeluTanh", "Tanh"] {
+        let args = vec![
+            In(a.clone()),
+            Const(zeros.clone()),
+            Const(bias.clone()),
+            In(res.clone()),
+        ];
+        let (want, got) = outputs("cpucc.FusedMatMul", 13, &[act(name)], args);
+        for (target, got) in got {
+            for (i, (w, h)) in want.iter().zip(&got).enumerate() {
+                let same = if w.is_nan() || w.is_infinite() {
+                    w.is_nan() && h.is_nan() || w == h
+                } else {
+                    (w - h).abs() <= 1e-6 * w.abs().max(1.0)
+                };
+                assert!(
+                    same,
+                    "{name} on {target}: element {i} (x = {}): {h} != {w}",
+                    vals[(i * 7) % vals.len()]
+                );
+            }
+        }
     }
 }

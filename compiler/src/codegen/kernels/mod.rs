@@ -36,6 +36,7 @@ mod softmax;
 mod taps;
 mod tiled;
 mod topk;
+mod zact;
 mod zgemm;
 
 use std::collections::HashMap;

@@ -11,8 +11,9 @@
 //! accumulators start at zero (first depth block) or from C (later ones),
 //! and C is stored through column masks, so no scalar tails. On the last
 //! depth block the epilogue runs in registers: alpha, beta * bias,
-//! residual, and Relu/Clip; other activations run as a CLIF pass over the
-//! just-stored tile while it is in L1.
+//! residual, and the activation where `zact` has it (Relu, Clip, Sigmoid,
+//! Gelu, GeluTanh); others run as a CLIF pass over the just-stored tile
+//! while it is in L1.
 //!
 //! Tile function ABI (System V): `(a, b, c, bias, residual, ctl)` with
 //! pointers at the tile's origin and `ctl` = column mask (bits 0-31) |
@@ -25,6 +26,7 @@ use cranelift_codegen::ir::{
 };
 
 use super::gemm::{Act, Gemm, Mat};
+use super::zact;
 use crate::codegen::builder::{Kb, mem};
 use crate::codegen::lower::{Buf, Lower};
 use crate::error::{Error, Result};
@@ -107,11 +109,6 @@ pub fn fits(lw: &Lower, g: &Gemm) -> bool {
         && g.residual.as_ref().is_none_or(|m| disp_ok(m.rs))
 }
 
-/// Activations the tile function applies itself.
-fn in_registers(act: Act) -> bool {
-    matches!(act, Act::None | Act::Relu | Act::Clip(..))
-}
-
 /// The compile-time shape of one tile function.
 struct Tile {
     mr: usize,
@@ -135,7 +132,8 @@ mod asm {
     use iced_x86::IcedError;
     use iced_x86::code_asm::*;
 
-    use super::{Act, Tile};
+    use super::Tile;
+    use crate::codegen::kernels::zact;
 
     const Z: [AsmRegisterZmm; 32] = [
         zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13,
@@ -154,6 +152,7 @@ mod asm {
     /// Assembles the tile function.
     pub(super) fn assemble(t: &Tile) -> std::result::Result<Vec<u8>, IcedError> {
         let mut a = CodeAssembler::new(64)?;
+        let mut consts = zact::Consts::default();
         let acc = |i: usize, h: usize| Z[2 * i + h];
         let (tmp, bv0, bv1) = (Z[28], Z[28], Z[29]);
         let c_at = |i: usize, h: usize| zmmword_ptr(rdx + (i as i64 * t.ldc + h as i64 * 64));
@@ -272,29 +271,16 @@ mod asm {
                 }
             }
         }
-        // vmaxps/vminps return their second source when either is NaN: the
-        // accumulator goes second so NaN propagates like the interpreter's.
-        match t.act {
-            Act::Relu => {
-                a.vpxord(Z[31], Z[31], Z[31])?;
-                for i in 0..t.mr {
-                    for h in 0..t.nv {
-                        a.vmaxps(acc(i, h), Z[31], acc(i, h))?;
-                    }
-                }
-            }
-            Act::Clip(lo, hi) => {
-                splat(&mut a, Z[30], lo)?;
-                splat(&mut a, Z[31], hi)?;
-                for i in 0..t.mr {
-                    for h in 0..t.nv {
-                        a.vmaxps(acc(i, h), Z[30], acc(i, h))?;
-                        a.vminps(acc(i, h), Z[31], acc(i, h))?;
-                    }
-                }
-            }
-            _ => {}
-        }
+        let accs: Vec<_> = (0..t.mr)
+            .flat_map(|i| (0..t.nv).map(move |h| acc(i, h)))
+            .collect();
+        zact::apply(
+            &mut a,
+            &mut consts,
+            t.act,
+            &accs,
+            [Z[28], Z[29], Z[30], Z[31]],
+        )?;
         a.set_label(&mut store)?;
         for i in 0..t.mr {
             for h in 0..t.nv {
@@ -303,6 +289,7 @@ mod asm {
         }
         a.vzeroupper()?;
         a.ret()?;
+        consts.emit(&mut a)?;
         a.assemble(0)
     }
 }
@@ -368,7 +355,7 @@ pub fn plan(lw: &mut Lower, g: &Gemm, a_rs: i64) -> Result<Plan> {
     let kc = depth_block(lw, k);
     let kblocks = k.div_ceil(kc);
     let tail_rows = m - (mblocks - 1) * ZMR;
-    let act_in_regs = in_registers(g.act);
+    let act_in_regs = zact::in_registers(g.act);
     let edge_cols = n - (panels - 1) * ZNR;
     let tile = |mr, nv| Tile {
         mr,
