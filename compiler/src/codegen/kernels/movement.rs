@@ -17,7 +17,7 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{I32, I64};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
 
-use super::{NodeCx, Table};
+use super::{NodeCx, Table, ztranspose};
 use crate::codegen::builder::{Elt, Kb, mem};
 use crate::codegen::lower::{Buf, Lower, Operand};
 use crate::codegen::nest::{self, Access};
@@ -407,6 +407,9 @@ const TR: usize = 256;
 /// instead of striding element by element. Work items: (b, row block,
 /// column block).
 fn transpose_2d(lw: &mut Lower, x: Buf, out: Buf, (nb, r, s): (usize, usize, usize)) -> Result<()> {
+    if lw.avx512 {
+        return transpose_2d_avx512(lw, x, out, (nb, r, s));
+    }
     let sblocks = s.div_ceil(TS);
     let rblocks = r.div_ceil(TR);
     lw.note_kernel(format!(
@@ -472,4 +475,78 @@ fn transpose_2d(lw: &mut Lower, x: Buf, out: Buf, (nb, r, s): (usize, usize, usi
             }
         });
     })
+}
+
+/// [`transpose_2d`] on AVX-512: the same work items, each a column of
+/// 16x16 machine-code tiles (`ztranspose`); edge tiles take masks.
+fn transpose_2d_avx512(
+    lw: &mut Lower,
+    x: Buf,
+    out: Buf,
+    (nb, r, s): (usize, usize, usize),
+) -> Result<()> {
+    let sblocks = s.div_ceil(TS);
+    let rblocks = r.div_ceil(TR);
+    let fns = ztranspose::define(lw, (s * 4) as i64, (r * 4) as i64)?;
+    lw.note_kernel(format!(
+        "batched 2-D transpose {nb}x{r}x{s}, avx512 16x16 tiles in blocks of {TR} rows"
+    ));
+    let full = (1i64 << 16) - 1;
+    let col_mask = |n: usize| (1i64 << n) - 1;
+    lw.kernel_calling(
+        vec![x, out],
+        nb * rblocks * sblocks,
+        false,
+        &fns,
+        |kb, refs| {
+            let (xp, op) = (kb.arg(0), kb.arg(1));
+            let (b0, e0) = (kb.begin, kb.end);
+            kb.for_range(b0, e0, 1, |kb, item| {
+                let sb = kb.b.ins().urem_imm_u(item, sblocks as i64);
+                let rest = kb.b.ins().udiv_imm_u(item, sblocks as i64);
+                let rb = kb.b.ins().urem_imm_u(rest, rblocks as i64);
+                let bi = kb.b.ins().udiv_imm_u(rest, rblocks as i64);
+                let ximg = kb.gep(xp, bi, (r * s * 4) as i64);
+                let oimg = kb.gep(op, bi, (r * s * 4) as i64);
+                let s0 = kb.muli(sb, TS as i64);
+                let r0 = kb.muli(rb, TR as i64);
+                let r1 = kb.addi(r0, TR as i64);
+                let rmax = kb.i(r as i64);
+                let r1 = kb.b.ins().smin(r1, rmax);
+                let xs = kb.gep(ximg, s0, 4);
+                let os = kb.gep(oimg, s0, (r * 4) as i64);
+                // Input columns this item reads: all 16 but in the last block.
+                let last_s = kb.b.ins().icmp_imm_s(IntCC::Equal, sb, sblocks as i64 - 1);
+                let fullc = kb.i(full);
+                let edgec = kb.i(col_mask(s - (sblocks - 1) * TS));
+                let cols = kb.b.ins().select(last_s, edgec, fullc);
+                kb.for_range(r0, r1, ztranspose::T as i64, |kb, ri| {
+                    let src = kb.gep(xs, ri, (s * 4) as i64);
+                    let dst = kb.gep(os, ri, 4);
+                    let left = kb.b.ins().isub(rmax, ri);
+                    let sixteen = kb.i(16);
+                    let n = kb.b.ins().smin(left, sixteen);
+                    // (1 << n) - 1 as the row mask, in bits 16-31.
+                    let one = kb.i(1);
+                    let rows = kb.b.ins().ishl(one, n);
+                    let rows = kb.addi(rows, -1);
+                    let rows = kb.b.ins().ishl_imm_u(rows, 16);
+                    let ctl = kb.b.ins().bor(rows, cols);
+                    let is_full =
+                        kb.b.ins()
+                            .icmp_imm_s(IntCC::Equal, ctl, (full << 16) | full);
+                    let tb = kb.b.create_block();
+                    let eb = kb.b.create_block();
+                    let done = kb.b.create_block();
+                    kb.b.ins().brif(is_full, tb, &[], eb, &[]);
+                    for (blk, f) in [(tb, refs[0]), (eb, refs[1])] {
+                        kb.b.switch_to_block(blk);
+                        kb.b.ins().call(f, &[src, dst, ctl]);
+                        kb.b.ins().jump(done, &[]);
+                    }
+                    kb.b.switch_to_block(done);
+                });
+            });
+        },
+    )
 }

@@ -401,12 +401,14 @@ pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
     let kc = depth_block(lw, k);
     let (groups, mparts) = split(g.batch, n.div_ceil(ZNR), m.div_ceil(ZMR), kc);
     let ppg = n.div_ceil(ZNR).div_ceil(groups);
-    // Where an item's tiles span enough columns to repay it, A's rows are
-    // copied per depth block into a buffer of `kc`-float rows: strided
-    // rows (a multiple of 4 KiB apart in wide layers) would share L1 sets
-    // and evict each other within one tile.
-    let copy_a = m > 1 && ppg * ZNR >= COPY_A_MIN_COLS;
-    if !copy_a && set_conflicts(g.a.rs, m) {
+    // A's rows would share L1 sets and evict each other within one tile
+    // (a multiple of 2 KiB apart, as in wide layers): where an item's
+    // tiles span enough columns to repay it, it copies its rows per depth
+    // block into a buffer of `kc`-float rows, else one pass first copies
+    // A to a conflict-free stride. Other A is read in place.
+    let conflicts = set_conflicts(g.a.rs, m);
+    let copy_a = conflicts && ppg * ZNR >= COPY_A_MIN_COLS;
+    if conflicts && !copy_a {
         let g = restride_a(lw, g)?;
         return compute(lw, &g, packed);
     }
