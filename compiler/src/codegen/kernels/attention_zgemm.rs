@@ -11,6 +11,7 @@ use cranelift_codegen::ir::types::{F32, F32X4};
 use super::attention::{Rows, Slots, Spec, begin_row, score, softmax, vectorizes};
 use super::gemm::{Act, Gemm, Mat};
 use super::zgemm::{self, Bases, Ranges, ZMR, ZNR};
+use super::ztranspose;
 use crate::codegen::builder::{Kb, mem};
 use crate::codegen::lower::{Buf, Lower};
 use crate::error::Result;
@@ -53,66 +54,79 @@ fn pack(lw: &mut Lower, s: &Spec, kr: &Rows, vr: &Rows) -> Result<(Buf, Buf)> {
     let kpack = lw.scratch(heads * kset * 4);
     let vpack = lw.scratch(heads * vset * 4);
     let kvh = s.kvh as i64;
-    lw.kernel(vec![kr.buf, vr.buf, kpack, vpack], heads, |kb| {
-        let (kp, vp, kd, vd) = (kb.arg(0), kb.arg(1), kb.arg(2), kb.arg(3));
-        let (b0, e0) = (kb.begin, kb.end);
-        kb.for_range(b0, e0, 1, |kb, item| {
-            let b = kb.b.ins().udiv_imm_u(item, kvh);
-            let kh = kb.b.ins().urem_imm_u(item, kvh);
-            let origin = |kb: &mut Kb, base, r: &Rows| {
-                let p = kb.gep(base, b, r.sb * 4);
-                kb.gep(p, kh, r.sh * 4)
-            };
-            let kbase = origin(kb, kp, kr);
-            let vbase = origin(kb, vp, vr);
-            let kdst = kb.gep(kd, item, (kset * 4) as i64);
-            let vdst = kb.gep(vd, item, (vset * 4) as i64);
-            // Key j is column j % 32 of panel j / 32; padding keys are 0.
-            let (z, d_end) = (kb.i(0), kb.i(dh as i64));
-            let column = |kb: &mut Kb, j| {
-                let p = kb.b.ins().ushr_imm_u(j, 5);
-                let c = kb.b.ins().band_imm_u(j, 31);
-                let dst = kb.gep(kdst, p, (dh * ZNR * 4) as i64);
-                kb.gep(dst, c, 4)
-            };
-            let tj = kb.i(total as i64);
-            kb.for_range(z, tj, 1, |kb, j| {
-                let src = kb.gep(kbase, j, kr.sj * 4);
-                let dst = column(kb, j);
-                kb.for_range(z, d_end, 1, |kb, d| {
-                    let x = kb.gep(src, d, 4);
-                    let x = kb.b.ins().load(F32, mem(), x, 0);
-                    let y = kb.gep(dst, d, (ZNR * 4) as i64);
-                    kb.b.ins().store(mem(), x, y, 0);
-                });
-            });
-            let tpad = kb.i((total.div_ceil(ZNR) * ZNR) as i64);
-            kb.for_range(tj, tpad, 1, |kb, j| {
-                let dst = column(kb, j);
-                let zero = kb.b.ins().f32const(0.0);
-                kb.for_range(z, d_end, 1, |kb, d| {
-                    let y = kb.gep(dst, d, (ZNR * 4) as i64);
-                    kb.b.ins().store(mem(), zero, y, 0);
-                });
-            });
-            // V's panel p holds its columns [32p, 32p + 32) of every row.
-            for p in 0..dv.div_ceil(ZNR) {
-                let cols = (dv - p * ZNR).min(ZNR);
-                let (n, pad) = (kb.i(cols as i64), kb.i((ZNR - cols) as i64));
-                let src0 = kb.addi(vbase, (p * ZNR * 4) as i64);
-                let dst0 = kb.addi(vdst, (p * total * ZNR * 4) as i64);
-                kb.for_range(z, tj, 1, |kb, j| {
-                    let src = kb.gep(src0, j, vr.sj * 4);
-                    let dst = kb.gep(dst0, j, (ZNR * 4) as i64);
-                    kb.copy_f32(src, dst, n);
-                    if cols < ZNR {
-                        let tail = kb.addi(dst, (cols * 4) as i64);
-                        kb.zero_f32(tail, pad);
+    let tiles = ztranspose::define(lw, kr.sj * 4, (ZNR * 4) as i64)?;
+    lw.kernel_calling(
+        vec![kr.buf, vr.buf, kpack, vpack],
+        heads,
+        false,
+        &tiles,
+        |kb, refs| {
+            let (kp, vp, kd, vd) = (kb.arg(0), kb.arg(1), kb.arg(2), kb.arg(3));
+            let (b0, e0) = (kb.begin, kb.end);
+            kb.for_range(b0, e0, 1, |kb, item| {
+                let b = kb.b.ins().udiv_imm_u(item, kvh);
+                let kh = kb.b.ins().urem_imm_u(item, kvh);
+                let origin = |kb: &mut Kb, base, r: &Rows| {
+                    let p = kb.gep(base, b, r.sb * 4);
+                    kb.gep(p, kh, r.sh * 4)
+                };
+                let kbase = origin(kb, kp, kr);
+                let vbase = origin(kb, vp, vr);
+                let kdst = kb.gep(kd, item, (kset * 4) as i64);
+                let vdst = kb.gep(vd, item, (vset * 4) as i64);
+                // Key j is column j % 32 of panel j / 32; padding keys are 0.
+                let (z, d_end) = (kb.i(0), kb.i(dh as i64));
+                let column = |kb: &mut Kb, j| {
+                    let p = kb.b.ins().ushr_imm_u(j, 5);
+                    let c = kb.b.ins().band_imm_u(j, 31);
+                    let dst = kb.gep(kdst, p, (dh * ZNR * 4) as i64);
+                    kb.gep(dst, c, 4)
+                };
+                // 16x16 transpose tiles: keys j0.. (rows, masked at the end)
+                // by dimensions d0.. (columns) into 16 columns of one panel.
+                let tj = kb.i(total as i64);
+                let t16 = ztranspose::T as i64;
+                kb.for_range(z, tj, t16, |kb, j0| {
+                    let src = kb.gep(kbase, j0, kr.sj * 4);
+                    let dst = column(kb, j0);
+                    let left = kb.b.ins().isub(tj, j0);
+                    let rows = ztranspose::row_bits(kb, left);
+                    for d0 in (0..dh).step_by(ztranspose::T) {
+                        let cols = (1i64 << (dh - d0).min(ztranspose::T)) - 1;
+                        let ctl = kb.b.ins().bor_imm_u(rows, cols);
+                        let s = kb.addi(src, (d0 * 4) as i64);
+                        let d = kb.addi(dst, (d0 * ZNR * 4) as i64);
+                        ztranspose::call(kb, refs, s, d, ctl);
                     }
                 });
-            }
-        });
-    })?;
+                let tpad = kb.i((total.div_ceil(ZNR) * ZNR) as i64);
+                kb.for_range(tj, tpad, 1, |kb, j| {
+                    let dst = column(kb, j);
+                    let zero = kb.b.ins().f32const(0.0);
+                    kb.for_range(z, d_end, 1, |kb, d| {
+                        let y = kb.gep(dst, d, (ZNR * 4) as i64);
+                        kb.b.ins().store(mem(), zero, y, 0);
+                    });
+                });
+                // V's panel p holds its columns [32p, 32p + 32) of every row.
+                for p in 0..dv.div_ceil(ZNR) {
+                    let cols = (dv - p * ZNR).min(ZNR);
+                    let (n, pad) = (kb.i(cols as i64), kb.i((ZNR - cols) as i64));
+                    let src0 = kb.addi(vbase, (p * ZNR * 4) as i64);
+                    let dst0 = kb.addi(vdst, (p * total * ZNR * 4) as i64);
+                    kb.for_range(z, tj, 1, |kb, j| {
+                        let src = kb.gep(src0, j, vr.sj * 4);
+                        let dst = kb.gep(dst0, j, (ZNR * 4) as i64);
+                        kb.copy_f32(src, dst, n);
+                        if cols < ZNR {
+                            let tail = kb.addi(dst, (cols * 4) as i64);
+                            kb.zero_f32(tail, pad);
+                        }
+                    });
+                }
+            });
+        },
+    )?;
     Ok((kpack, vpack))
 }
 

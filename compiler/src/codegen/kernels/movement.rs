@@ -524,27 +524,9 @@ fn transpose_2d_avx512(
                     let src = kb.gep(xs, ri, (s * 4) as i64);
                     let dst = kb.gep(os, ri, 4);
                     let left = kb.b.ins().isub(rmax, ri);
-                    let sixteen = kb.i(16);
-                    let n = kb.b.ins().smin(left, sixteen);
-                    // (1 << n) - 1 as the row mask, in bits 16-31.
-                    let one = kb.i(1);
-                    let rows = kb.b.ins().ishl(one, n);
-                    let rows = kb.addi(rows, -1);
-                    let rows = kb.b.ins().ishl_imm_u(rows, 16);
+                    let rows = ztranspose::row_bits(kb, left);
                     let ctl = kb.b.ins().bor(rows, cols);
-                    let is_full =
-                        kb.b.ins()
-                            .icmp_imm_s(IntCC::Equal, ctl, (full << 16) | full);
-                    let tb = kb.b.create_block();
-                    let eb = kb.b.create_block();
-                    let done = kb.b.create_block();
-                    kb.b.ins().brif(is_full, tb, &[], eb, &[]);
-                    for (blk, f) in [(tb, refs[0]), (eb, refs[1])] {
-                        kb.b.switch_to_block(blk);
-                        kb.b.ins().call(f, &[src, dst, ctl]);
-                        kb.b.ins().jump(done, &[]);
-                    }
-                    kb.b.switch_to_block(done);
+                    ztranspose::call(kb, refs, src, dst, ctl);
                 });
             });
         },

@@ -9,12 +9,13 @@
 //! in `ctl` bits 0-15 of the input rows in bits 16-31, and writes only
 //! those output rows and columns.
 
-use cranelift_codegen::ir::AbiParam;
-use cranelift_codegen::ir::Signature;
+use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::I64;
+use cranelift_codegen::ir::{AbiParam, FuncRef, InstBuilder, Signature, Value};
 use iced_x86::IcedError;
 use iced_x86::code_asm::*;
 
+use crate::codegen::builder::Kb;
 use crate::codegen::lower::Lower;
 use crate::error::{Error, Result};
 
@@ -36,6 +37,33 @@ pub fn define(
         ids.push(lw.machine_code(&sig, &bytes)?);
     }
     Ok([ids[0], ids[1]])
+}
+
+/// The `ctl` bits of the input rows of a tile with `left` rows to go
+/// (all 16 when at least 16 are left).
+pub fn row_bits(kb: &mut Kb, left: Value) -> Value {
+    let sixteen = kb.i(T as i64);
+    let n = kb.b.ins().smin(left, sixteen);
+    let one = kb.i(1);
+    let rows = kb.b.ins().ishl(one, n);
+    let rows = kb.addi(rows, -1);
+    kb.b.ins().ishl_imm_u(rows, 16)
+}
+
+/// Calls the tile (`refs`: [`define`]'s pair) on `src`/`dst`: the full
+/// form where `ctl` selects everything, else the edge form.
+pub fn call(kb: &mut Kb, refs: &[FuncRef], src: Value, dst: Value, ctl: Value) {
+    let is_full = kb.b.ins().icmp_imm_s(IntCC::Equal, ctl, 0xffff_ffff);
+    let tb = kb.b.create_block();
+    let eb = kb.b.create_block();
+    let done = kb.b.create_block();
+    kb.b.ins().brif(is_full, tb, &[], eb, &[]);
+    for (blk, f) in [(tb, refs[0]), (eb, refs[1])] {
+        kb.b.switch_to_block(blk);
+        kb.b.ins().call(f, &[src, dst, ctl]);
+        kb.b.ins().jump(done, &[]);
+    }
+    kb.b.switch_to_block(done);
 }
 
 const Z: [AsmRegisterZmm; 32] = [
