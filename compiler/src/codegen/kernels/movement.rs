@@ -401,6 +401,42 @@ const TS: usize = 16;
 /// Input rows per work item.
 const TR: usize = 256;
 
+/// One work item of the batched 2-D transposes: its column block, where
+/// its input rows start in `x` and in `out` (at that column block), and
+/// its input rows `[r0, r1)`.
+struct TileItem {
+    sb: Value,
+    xs: Value,
+    os: Value,
+    rows: (Value, Value),
+}
+
+fn tile_item(
+    kb: &mut Kb,
+    item: Value,
+    (xp, op): (Value, Value),
+    (r, s): (usize, usize),
+) -> TileItem {
+    let (sblocks, rblocks) = (s.div_ceil(TS) as i64, r.div_ceil(TR) as i64);
+    let sb = kb.b.ins().urem_imm_u(item, sblocks);
+    let rest = kb.b.ins().udiv_imm_u(item, sblocks);
+    let rb = kb.b.ins().urem_imm_u(rest, rblocks);
+    let bi = kb.b.ins().udiv_imm_u(rest, rblocks);
+    let ximg = kb.gep(xp, bi, (r * s * 4) as i64);
+    let oimg = kb.gep(op, bi, (r * s * 4) as i64);
+    let s0 = kb.muli(sb, TS as i64);
+    let r0 = kb.muli(rb, TR as i64);
+    let r1 = kb.addi(r0, TR as i64);
+    let rmax = kb.i(r as i64);
+    let r1 = kb.b.ins().smin(r1, rmax);
+    TileItem {
+        sb,
+        xs: kb.gep(ximg, s0, 4),
+        os: kb.gep(oimg, s0, (r * 4) as i64),
+        rows: (r0, r1),
+    }
+}
+
 /// `out[b][s][r] = x[b][r][s]` (4-byte elements) in tiles of `TR` input
 /// rows by `TS` columns: reads are runs of `TS` elements, writes go to
 /// `TS` output rows at once, so both sides stream through cache lines
@@ -419,20 +455,12 @@ fn transpose_2d(lw: &mut Lower, x: Buf, out: Buf, (nb, r, s): (usize, usize, usi
         let (xp, op) = (kb.arg(0), kb.arg(1));
         let (b0, e0) = (kb.begin, kb.end);
         kb.for_range(b0, e0, 1, |kb, item| {
-            let sb = kb.b.ins().urem_imm_u(item, sblocks as i64);
-            let rest = kb.b.ins().udiv_imm_u(item, sblocks as i64);
-            let rb = kb.b.ins().urem_imm_u(rest, rblocks as i64);
-            let bi = kb.b.ins().udiv_imm_u(rest, rblocks as i64);
-            let ximg = kb.gep(xp, bi, (r * s * 4) as i64);
-            let oimg = kb.gep(op, bi, (r * s * 4) as i64);
-            let s0 = kb.muli(sb, TS as i64);
-            let r0 = kb.muli(rb, TR as i64);
-            let r1 = kb.addi(r0, TR as i64);
-            let rmax = kb.i(r as i64);
-            let lt = kb.b.ins().icmp(IntCC::SignedLessThan, r1, rmax);
-            let r1 = kb.b.ins().select(lt, r1, rmax);
-            let xs = kb.gep(ximg, s0, 4);
-            let os = kb.gep(oimg, s0, (r * 4) as i64);
+            let TileItem {
+                sb,
+                xs,
+                os,
+                rows: (r0, r1),
+            } = tile_item(kb, item, (xp, op), (r, s));
             let copy = |kb: &mut Kb, cols: Option<Value>| {
                 kb.for_range(r0, r1, 1, |kb, ri| {
                     let src = kb.gep(xs, ri, (s * 4) as i64);
@@ -502,19 +530,12 @@ fn transpose_2d_avx512(
             let (xp, op) = (kb.arg(0), kb.arg(1));
             let (b0, e0) = (kb.begin, kb.end);
             kb.for_range(b0, e0, 1, |kb, item| {
-                let sb = kb.b.ins().urem_imm_u(item, sblocks as i64);
-                let rest = kb.b.ins().udiv_imm_u(item, sblocks as i64);
-                let rb = kb.b.ins().urem_imm_u(rest, rblocks as i64);
-                let bi = kb.b.ins().udiv_imm_u(rest, rblocks as i64);
-                let ximg = kb.gep(xp, bi, (r * s * 4) as i64);
-                let oimg = kb.gep(op, bi, (r * s * 4) as i64);
-                let s0 = kb.muli(sb, TS as i64);
-                let r0 = kb.muli(rb, TR as i64);
-                let r1 = kb.addi(r0, TR as i64);
-                let rmax = kb.i(r as i64);
-                let r1 = kb.b.ins().smin(r1, rmax);
-                let xs = kb.gep(ximg, s0, 4);
-                let os = kb.gep(oimg, s0, (r * 4) as i64);
+                let TileItem {
+                    sb,
+                    xs,
+                    os,
+                    rows: (r0, r1),
+                } = tile_item(kb, item, (xp, op), (r, s));
                 // Input columns this item reads: all 16 but in the last block.
                 let last_s = kb.b.ins().icmp_imm_s(IntCC::Equal, sb, sblocks as i64 - 1);
                 let fullc = kb.i(full);
@@ -523,7 +544,7 @@ fn transpose_2d_avx512(
                 kb.for_range(r0, r1, ztranspose::T as i64, |kb, ri| {
                     let src = kb.gep(xs, ri, (s * 4) as i64);
                     let dst = kb.gep(os, ri, 4);
-                    let left = kb.b.ins().isub(rmax, ri);
+                    let left = kb.b.ins().isub(r1, ri);
                     let rows = ztranspose::row_bits(kb, left);
                     let ctl = kb.b.ins().bor(rows, cols);
                     ztranspose::call(kb, refs, src, dst, ctl);
