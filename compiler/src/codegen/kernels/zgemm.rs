@@ -691,7 +691,18 @@ mod tests {
                 act,
             };
             let code = asm::assemble(&t).expect("assembles");
-            assert_eq!(code.last(), Some(&0xc3), "ends with ret");
+            // The function ends with `ret`, then the constants it reads
+            // (Clip's bounds; alpha and beta are immediates).
+            let consts: Vec<u8> = match act {
+                Act::Clip(lo, hi) => [lo, hi]
+                    .iter()
+                    .flat_map(|x| x.to_bits().to_le_bytes())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let (body, data) = code.split_at(code.len() - consts.len());
+            assert_eq!(body.last(), Some(&0xc3), "{act:?}: ret before the data");
+            assert_eq!(data, consts, "{act:?}: constants after the ret");
         }
     }
 }
