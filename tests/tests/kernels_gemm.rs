@@ -31,13 +31,15 @@ fn targets() -> Vec<Target> {
     v
 }
 
-/// A node operand: a run-time input or a constant.
+/// A node operand: a run-time input, a constant, or an optional input
+/// left out.
 #[derive(Clone)]
 enum Arg {
     In(Tensor),
     Const(Tensor),
+    Absent,
 }
-use Arg::{Const, In};
+use Arg::{Absent, Const, In};
 
 /// One node over `args` (in the node's input order): the interpreter's
 /// output, and each native target's from two runs (the second reuses the
@@ -52,14 +54,15 @@ fn outputs(
     let mut ids = Vec::new();
     let mut ins = Vec::new();
     for (i, arg) in args.into_iter().enumerate() {
-        ids.push(Some(match arg {
+        ids.push(match arg {
             In(t) => {
                 let id = g.add_input(&format!("x{i}"), ValueType::of(&t)).unwrap();
                 ins.push(t);
-                id
+                Some(id)
             }
-            Const(t) => g.add_const(&format!("c{i}"), t).unwrap(),
-        }));
+            Const(t) => Some(g.add_const(&format!("c{i}"), t).unwrap()),
+            Absent => None,
+        });
     }
     let mut a = Attrs::default();
     for (k, v) in attrs {
@@ -534,6 +537,44 @@ fn attention_on_gemm_tiles() {
         let mut args = qkv();
         args.push(In(Tensor::from_f64s(DType::Bool, &[s, t], &keep).unwrap()));
         check("Attention", 23, &[], args);
+    }
+}
+
+/// The scale and float mask folded into the QKᵀ epilogue: masks
+/// broadcast from every rank (BERT's `[B, 1, 1, T]` among them), -inf
+/// entries and a fully masked row (all zeros), an explicit scale, the
+/// causal mask over a key cache, and padded key lengths (opset 24).
+#[test]
+fn attention_scale_and_mask_in_the_epilogue() {
+    let mut rng = SplitMix64::new(14);
+    let (b, s, t, d) = (2, 20, 45, 64);
+    let q = data(&mut rng, &[b, 4, s, d]);
+    let k = data(&mut rng, &[b, 2, t, d]);
+    let v = data(&mut rng, &[b, 2, t, 40]);
+    let qkv = || vec![In(q.clone()), In(k.clone()), In(v.clone())];
+    for mshape in [vec![t], vec![b, 1, 1, t], vec![1, 4, s, t], vec![s, t]] {
+        let n: usize = mshape.iter().product();
+        let mut m: Vec<f64> = (0..n).map(|_| rng.uniform(-3.0, 3.0)).collect();
+        for x in m.iter_mut().step_by(7) {
+            *x = f64::NEG_INFINITY;
+        }
+        if mshape.len() == 2 {
+            m[t..2 * t].fill(f64::NEG_INFINITY);
+        }
+        let mut args = qkv();
+        args.push(In(Tensor::from_f64s(DType::F32, &mshape, &m).unwrap()));
+        check("Attention", 23, &[("scale", Attr::Float(0.3))], args);
+    }
+    let mut past = |dv| data(&mut rng, &[b, 2, 9, dv]);
+    let (pk, pv) = (past(d), past(40));
+    let mut args = qkv();
+    args.extend([In(data(&mut rng, &[s, t + 9])), In(pk), In(pv)]);
+    check("Attention", 23, &[("is_causal", Attr::Int(1))], args);
+    let lens = Tensor::from_vec(&[b], vec![t as i64 - 6, t as i64]).unwrap();
+    for causal in [0, 1] {
+        let mut args = qkv();
+        args.extend([Absent, Absent, Absent, In(lens.clone())]);
+        check("Attention", 24, &[("is_causal", Attr::Int(causal))], args);
     }
 }
 

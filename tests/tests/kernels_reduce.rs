@@ -126,6 +126,22 @@ fn reduce_axes_input_and_nan() {
     check("ReduceL1", 18, &noop, vec![x], vec![empty]);
 }
 
+/// Softmax rows around the sixteen-lane step (the AVX-512 row function)
+/// with spreads past exp's range (terms that flush to 0), -inf and NaN
+/// entries, and a row of only -inf.
+#[test]
+fn softmax_rows_at_extremes() {
+    let mut rng = SplitMix64::new(10);
+    for n in [1, 15, 16, 17, 33, 300] {
+        let mut v: Vec<f64> = (0..5 * n).map(|_| rng.uniform(-120.0, 40.0)).collect();
+        v[n / 2] = f64::NEG_INFINITY;
+        v[n + n / 3] = f64::NAN;
+        v[2 * n..3 * n].fill(f64::NEG_INFINITY);
+        let x = Tensor::from_f64s(DType::F32, &[5, n], &v).unwrap();
+        check("Softmax", 13, &[], vec![x], vec![]);
+    }
+}
+
 #[test]
 fn softmax_family_argmax_and_cumulative() {
     let mut rng = SplitMix64::new(9);

@@ -9,7 +9,8 @@
 //! On AVX-512 targets the two products run on the GEMM microkernel
 //! (`attention_zgemm`); elsewhere one work item per query row computes
 //! them with f32x4 dot products. Both share the mask and softmax stage
-//! here.
+//! here, except where the scale and mask fold into the QKᵀ epilogue (see
+//! [`Fold`]) and the AVX-512 softmax rows (`zsoftmax`) finish the stage.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::types::{F32, F32X4, I8, I32, I32X4, I64};
@@ -156,6 +157,55 @@ pub(super) struct Spec {
     mask: Option<(bool, ([i64; 4], usize))>,
 }
 
+/// The scale and additive float mask (its element strides over
+/// `[B, H, Sq, total]`), when they are all the per-key stage has to
+/// apply besides masks that hide a suffix of the keys (causal, padding):
+/// then they fold into the QKᵀ GEMM's epilogue and a softmax over the
+/// live prefix of each row finishes the stage.
+pub(super) struct Fold {
+    pub scale: f32,
+    pub mask: Option<[i64; 4]>,
+}
+
+impl Spec {
+    pub fn fold(&self, slots: &Slots) -> Option<Fold> {
+        if self.softcap > 0.0 || self.left >= 0 || self.right >= 0 || slots.qk.is_some() {
+            return None;
+        }
+        let mask = match self.mask {
+            None => None,
+            Some((false, (st, mlen))) if mlen == self.total => Some(st),
+            Some(_) => return None,
+        };
+        Some(Fold {
+            scale: self.scale as f32,
+            mask,
+        })
+    }
+
+    /// How many leading keys query row `i` of batch `b` may see (before
+    /// clamping to `[0, total]`): all, or those the causal and padding
+    /// masks leave.
+    pub fn live_keys(&self, kb: &mut Kb, o: &Opt, b: Value, i: Value) -> Value {
+        let mut live = kb.i(self.total as i64);
+        let valid = o.np.map(|np| {
+            let a = kb.gep(np, b, 8);
+            kb.b.ins().load(I64, mem(), a, 0)
+        });
+        if self.causal {
+            let offset = match valid {
+                Some(n) => kb.b.ins().iadd_imm_s(n, 1 - self.sq as i64),
+                None => kb.i(self.past + 1),
+            };
+            live = kb.b.ins().iadd(i, offset);
+        }
+        match valid {
+            Some(n) => kb.b.ins().smin(live, n),
+            None => live,
+        }
+    }
+}
+
 /// Kernel argument slots of the optional operands.
 #[derive(Clone, Copy)]
 pub(super) struct Slots {
@@ -167,8 +217,8 @@ pub(super) struct Slots {
 /// Their pointers inside one kernel.
 #[derive(Clone, Copy)]
 pub(super) struct Opt {
-    mp: Option<Value>,
-    np: Option<Value>,
+    pub mp: Option<Value>,
+    pub np: Option<Value>,
     qkp: Option<Value>,
 }
 
@@ -263,8 +313,12 @@ fn attention(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
         nonpad: slot(opt_in(6).map(|n| n.buf)),
         qk: slot(cx.outs.get(3).map(|o| o.buf)),
     };
-    if let Some(g) = attention_zgemm::products(lw, &spec, q.buf, scores, out.buf) {
-        return attention_zgemm::emit(lw, &spec, &g, (&kr, &vr), bufs, slots);
+    let fold = spec.fold(&slots);
+    let mask = slots.mask.map(|j| bufs[j]);
+    if let Some(g) =
+        attention_zgemm::products(lw, &spec, fold.as_ref(), mask, q.buf, scores, out.buf)
+    {
+        return attention_zgemm::emit(lw, &spec, fold.as_ref(), &g, (&kr, &vr), bufs, slots);
     }
     rowwise(lw, &spec, &kr, &vr, bufs, slots)
 }

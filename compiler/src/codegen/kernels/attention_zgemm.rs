@@ -2,16 +2,18 @@
 //! (batch, kv head) into the panel layout the tiles read (Kᵀ as
 //! `[⌈total/32⌉][D][32]`, V as `[⌈Dv/32⌉][total][32]`, zero padded). Then
 //! each (batch, head, row block) work item computes S = Q·Kᵀ on the tiles
-//! into its scores rows, runs the shared mask and softmax stage on each
-//! row (normalizing it in place), and O = P·V on the tiles again.
+//! into its scores rows, runs the mask and softmax stage on each row
+//! (normalizing it in place), and O = P·V on the tiles again. Where the
+//! scale and mask fold into S's epilogue, that stage is one call of the
+//! AVX-512 softmax row function per row.
 
 use cranelift_codegen::ir::InstBuilder;
 use cranelift_codegen::ir::types::{F32, F32X4};
 
-use super::attention::{Rows, Slots, Spec, begin_row, score, softmax, vectorizes};
+use super::attention::{Fold, Rows, Slots, Spec, begin_row, score, softmax, vectorizes};
 use super::gemm::{Act, Gemm, Mat};
 use super::zgemm::{self, Bases, Ranges, ZMR, ZNR};
-use super::ztranspose;
+use super::{zsoftmax, ztranspose};
 use crate::codegen::builder::{Kb, mem};
 use crate::codegen::lower::{Buf, Lower};
 use crate::error::Result;
@@ -20,9 +22,17 @@ use crate::error::Result;
 const WANT_ITEMS: usize = 8;
 
 /// The two products of one (batch, head): S = Q·Kᵀ into rows of `total`
-/// scores, and O = P·V from them; `None` when the microkernel cannot take
-/// them.
-pub(super) fn products(lw: &Lower, s: &Spec, q: Buf, scores: Buf, out: Buf) -> Option<[Gemm; 2]> {
+/// scores (with `fold`'s scale and `mask` in its epilogue), and O = P·V
+/// from them; `None` when the microkernel cannot take them.
+pub(super) fn products(
+    lw: &Lower,
+    s: &Spec,
+    fold: Option<&Fold>,
+    mask: Option<Buf>,
+    q: Buf,
+    scores: Buf,
+    out: Buf,
+) -> Option<[Gemm; 2]> {
     let gemm = |n, k, a, c| Gemm {
         m: s.sq,
         n,
@@ -39,8 +49,17 @@ pub(super) fn products(lw: &Lower, s: &Spec, q: Buf, scores: Buf, out: Buf) -> O
     };
     let mat = |buf, rs| Mat { buf, rs, cs: 1 };
     let total = s.total as i64;
+    let mut qk = gemm(s.total, s.dh, mat(q, s.qs.2), mat(scores, total));
+    if let Some(f) = fold {
+        qk.alpha = f.scale;
+        qk.bias = f.mask.zip(mask).map(|(st, buf)| Mat {
+            buf,
+            rs: st[2],
+            cs: st[3],
+        });
+    }
     let g = [
-        gemm(s.total, s.dh, mat(q, s.qs.2), mat(scores, total)),
+        qk,
         gemm(s.dv, s.total, mat(scores, total), mat(out, s.os.2)),
     ];
     (s.total > 0 && s.dh > 0 && s.dv > 0 && g.iter().all(|g| zgemm::fits(lw, g))).then_some(g)
@@ -143,6 +162,7 @@ fn panel_sets(s: &Spec) -> (usize, usize) {
 pub(super) fn emit(
     lw: &mut Lower,
     s: &Spec,
+    fold: Option<&Fold>,
     g: &[Gemm; 2],
     (kr, vr): (&Rows, &Rows),
     mut bufs: Vec<Buf>,
@@ -161,10 +181,21 @@ pub(super) fn emit(
         zgemm::plan(lw, &g[1], total as i64)?,
     ];
     let split = plans[0].callees.len();
-    let callees: Vec<_> = plans.iter().flat_map(|p| p.callees.clone()).collect();
+    let mut callees: Vec<_> = plans.iter().flat_map(|p| p.callees.clone()).collect();
+    if fold.is_some() {
+        callees.push(zsoftmax::define(lw, total, true)?);
+    }
+    let mask_st = fold.and_then(|f| f.mask);
     lw.note_kernel(format!(
-        "avx512 attention: QKᵀ and PV on {ZMR}x{ZNR} gemm tiles, Sq={sq} keys={total} D={} Dv={}, items {}x{qh}x{mparts}",
-        s.dh, s.dv, s.batch
+        "avx512 attention: QKᵀ and PV on {ZMR}x{ZNR} gemm tiles, Sq={sq} keys={total} D={} Dv={}, items {}x{qh}x{mparts}{}",
+        s.dh,
+        s.dv,
+        s.batch,
+        if fold.is_some() {
+            ", scale and mask in the QKᵀ epilogue, avx512 softmax rows"
+        } else {
+            ""
+        }
     ));
     let items = s.batch * qh * mparts;
     let ((qsb, qsh, _), (osb, osh, _)) = (s.qs, s.os);
@@ -189,6 +220,10 @@ pub(super) fn emit(
                 kb.gep(p, h, sh * 4)
             };
             let srows = kb.gep(sp, bh, (sq * total * 4) as i64);
+            let mask = o.mp.zip(mask_st).map(|(mp, st)| {
+                let p = kb.gep(mp, b, st[0] * 4);
+                kb.gep(p, h, st[1] * 4)
+            });
             let operands = [
                 (
                     origin(kb, qp, qsb, qsh),
@@ -219,7 +254,7 @@ pub(super) fn emit(
                         a,
                         b: bp,
                         c,
-                        bias: None,
+                        bias: if which == 0 { mask } else { None },
                         res: None,
                     };
                     zgemm::emit_pass(kb, gm, pl, fns, &base, &r, kbi);
@@ -231,6 +266,13 @@ pub(super) fn emit(
             let sq_end = kb.i(sq as i64);
             let r_hi = kb.b.ins().smin(r_hi, sq_end);
             kb.for_range(r_lo, r_hi, 1, |kb, i| {
+                if fold.is_some() {
+                    let row = kb.gep(srows, i, (total * 4) as i64);
+                    let live = s.live_keys(kb, &o, b, i);
+                    let f = refs[refs.len() - 1];
+                    kb.b.ins().call(f, &[row, row, live]);
+                    return;
+                }
                 let row_item = kb.muli(bh, sq as i64);
                 let row_item = kb.b.ins().iadd(row_item, i);
                 let r = begin_row(kb, s, &o, sp, (b, h, i), row_item);

@@ -38,6 +38,7 @@ mod tiled;
 mod topk;
 mod zact;
 mod zgemm;
+mod zsoftmax;
 mod ztranspose;
 
 use std::collections::HashMap;

@@ -9,7 +9,7 @@ use cranelift_codegen::ir::types::I64;
 use cranelift_codegen::ir::{InstBuilder, Type, Value};
 
 use super::reduce::{lanes, norm_axis};
-use super::{NodeCx, Table, math};
+use super::{NodeCx, Table, math, zsoftmax};
 use crate::codegen::builder::{Elt, Kb};
 use crate::codegen::lower::Lower;
 use crate::error::Result;
@@ -152,6 +152,20 @@ fn softmax(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     };
     if outer * n * inner == 0 {
         return Ok(());
+    }
+    if lw.avx512 && dt == DType::F32 && inner == 1 && norm == Norm::Softmax {
+        let f = zsoftmax::define(lw, n, false)?;
+        lw.note_kernel(format!("avx512 softmax rows of {n}"));
+        return lw.kernel_calling(vec![x.buf, o.buf], outer, false, &[f], |kb, refs| {
+            let (xp, yp) = (kb.arg(0), kb.arg(1));
+            let (begin, end) = (kb.begin, kb.end);
+            kb.for_range(begin, end, 1, |kb, row| {
+                let src = kb.gep(xp, row, (n * 4) as i64);
+                let dst = kb.gep(yp, row, (n * 4) as i64);
+                let live = kb.i(n as i64);
+                kb.b.ins().call(refs[0], &[src, dst, live]);
+            });
+        });
     }
     let isz = dt.size_bytes() as i64;
     // f32 rows keep exp(x - m) in the output between passes.

@@ -41,7 +41,7 @@ impl Consts {
     }
 
     /// `x` broadcast to all lanes, as a memory operand.
-    fn bc(&mut self, a: &mut CodeAssembler, x: f32) -> AsmMemoryOperand {
+    pub(super) fn bc(&mut self, a: &mut CodeAssembler, x: f32) -> AsmMemoryOperand {
         dword_bcst(self.label(a, x.to_bits()))
     }
 
@@ -50,7 +50,7 @@ impl Consts {
     }
 
     /// Loads `x` into every lane of `r`.
-    fn splat(&mut self, a: &mut CodeAssembler, r: AsmRegisterZmm, x: f32) -> R {
+    pub(super) fn splat(&mut self, a: &mut CodeAssembler, r: AsmRegisterZmm, x: f32) -> R {
         let l = self.label(a, x.to_bits());
         a.vbroadcastss(r, dword_ptr(l))
     }
@@ -66,7 +66,7 @@ impl Consts {
 
 const SIGN: u32 = 0x8000_0000;
 const ABS: u32 = 0x7fff_ffff;
-const LIM: f32 = 80.0;
+pub(super) const LIM: f32 = 80.0;
 /// `vcmpps` predicates: ordered, quiet (NaN compares false).
 const GT_OQ: i32 = 0x1e;
 const GE_OQ: i32 = 0x1d;
@@ -144,7 +144,7 @@ fn clamp(a: &mut CodeAssembler, c: &mut Consts, w: AsmRegisterZmm, tmp: AsmRegis
 }
 
 /// `e = exp(w)` for `w` in [-LIM, LIM]; clobbers `w` and `n`.
-fn exp(
+pub(super) fn exp(
     a: &mut CodeAssembler,
     c: &mut Consts,
     w: AsmRegisterZmm,
