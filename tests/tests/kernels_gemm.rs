@@ -318,8 +318,10 @@ type NhwcCase = (
 fn channels_last_conv_as_gemm() {
     let mut rng = SplitMix64::new(6);
     // (N, C, H, W, O, kernel, stride, pads, dilation, group)
-    let cases: [NhwcCase; 9] = [
+    let cases: [NhwcCase; 11] = [
         (2, 16, 5, 7, 33, 1, 1, [0; 4], 1, 1),
+        (1, 70, 6, 5, 33, 3, 1, [1; 4], 1, 1),
+        (1, 32, 5, 6, 20, 3, 1, [1; 4], 1, 1),
         (2, 4, 20, 17, 35, 3, 1, [1; 4], 1, 1),
         (1, 8, 9, 9, 20, 1, 2, [0; 4], 1, 1),
         (1, 3, 11, 10, 17, 3, 1, [1; 4], 1, 1),

@@ -8,7 +8,8 @@
 
 use cranelift_codegen::ir::types::{F32, F32X4, F64, I8, I16, I32, I32X4, I64};
 use cranelift_codegen::ir::{
-    AbiParam, Function, InstBuilder, MemFlagsData, Signature, Type, Value, condcodes::IntCC,
+    AbiParam, FuncRef, Function, InstBuilder, MemFlagsData, Signature, Type, Value,
+    condcodes::IntCC,
 };
 use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
@@ -33,6 +34,9 @@ pub struct Kb<'a> {
     /// Whether `fma` lowers to one instruction on this target.
     pub fma: bool,
     frontend: TargetFrontendConfig,
+    /// The AVX-512 [copy, zero] functions (`kernels/zcopy.rs`), where the
+    /// target has them.
+    zcopy: Option<[FuncRef; 2]>,
 }
 
 pub fn mem() -> MemFlagsData {
@@ -51,6 +55,7 @@ impl<'a> Kb<'a> {
         fctx: &'a mut FunctionBuilderContext,
         fma: bool,
         frontend: TargetFrontendConfig,
+        zcopy: Option<[FuncRef; 2]>,
     ) -> Self {
         let mut b = FunctionBuilder::new(func, fctx);
         let entry = b.create_block();
@@ -64,6 +69,7 @@ impl<'a> Kb<'a> {
             end: p[2],
             fma,
             frontend,
+            zcopy,
         }
     }
 
@@ -176,6 +182,10 @@ impl<'a> Kb<'a> {
 
     /// Copies `len` f32s from `src` to `dst` (f32x4 with a scalar tail).
     pub fn copy_f32(&mut self, src: Value, dst: Value, len: Value) {
+        if let Some([copy, _]) = self.zcopy {
+            self.b.ins().call(copy, &[src, dst, len]);
+            return;
+        }
         let z = self.i(0);
         self.for_vec(z, len, 4, |kb, j, lanes| {
             let ty = if lanes == 1 { F32 } else { F32X4 };
@@ -188,6 +198,10 @@ impl<'a> Kb<'a> {
 
     /// Stores `len` f32 zeros at `dst`.
     pub fn zero_f32(&mut self, dst: Value, len: Value) {
+        if let Some([_, zero]) = self.zcopy {
+            self.b.ins().call(zero, &[dst, len]);
+            return;
+        }
         let z = self.i(0);
         self.for_vec(z, len, 4, |kb, j, lanes| {
             let ty = if lanes == 1 { F32 } else { F32X4 };

@@ -9,6 +9,7 @@ use cranelift_frontend::FunctionBuilderContext;
 use cranelift_module::{DataDescription, DataId, FuncId, Linkage, Module};
 
 use super::builder::{Kb, task_signature};
+use super::kernels::zcopy;
 use crate::error::{Error, Result};
 use crate::ir::{Tensor, ValueType};
 
@@ -78,6 +79,8 @@ pub struct Lower<'m> {
     pub neon: bool,
     /// L1 data cache bytes per core (GEMM depth blocking).
     pub l1d: usize,
+    /// L2 bytes per core.
+    pub l2: usize,
     pub steps: Vec<Step>,
     prefix: String,
     fctx: FunctionBuilderContext,
@@ -111,6 +114,8 @@ pub struct Lower<'m> {
     /// The current node's bf16 GEMM scratch (offset, bytes), shared by its
     /// GEMM steps, which run one after another.
     pub bf16_scratch: Option<(Buf, usize)>,
+    /// The AVX-512 copy and zero functions, defined with the first kernel.
+    zcopy: Option<[FuncId; 2]>,
 }
 
 /// Workspace bytes reserved for the status word kernels set on run-time
@@ -128,6 +133,7 @@ impl<'m> Lower<'m> {
             sve: false,
             neon: false,
             l1d: 32 << 10,
+            l2: 1 << 20,
             steps: Vec::new(),
             prefix: prefix.to_string(),
             fctx: FunctionBuilderContext::new(),
@@ -146,6 +152,7 @@ impl<'m> Lower<'m> {
             bf16_packed: Vec::new(),
             uses_amx: false,
             bf16_scratch: None,
+            zcopy: None,
         }
     }
 
@@ -195,6 +202,9 @@ impl<'m> Lower<'m> {
         callees: &[FuncId],
         body: impl FnOnce(&mut Kb, &[FuncRef]),
     ) -> Result<()> {
+        if self.avx512 && self.zcopy.is_none() {
+            self.zcopy = Some(zcopy::define(self)?);
+        }
         let name = format!("{}_k{}_{}", self.prefix, self.counter, self.node_tag);
         self.counter += 1;
         let sig = task_signature(self.cc);
@@ -207,8 +217,17 @@ impl<'m> Lower<'m> {
             .iter()
             .map(|&f| self.module.declare_func_in_func(f, &mut self.ctx.func))
             .collect();
+        let zcopy = self
+            .zcopy
+            .map(|fs| fs.map(|f| self.module.declare_func_in_func(f, &mut self.ctx.func)));
         let frontend = self.module.isa().frontend_config();
-        let mut kb = Kb::new(&mut self.ctx.func, &mut self.fctx, self.fma, frontend);
+        let mut kb = Kb::new(
+            &mut self.ctx.func,
+            &mut self.fctx,
+            self.fma,
+            frontend,
+            zcopy,
+        );
         body(&mut kb, &refs);
         kb.finish();
         if let Some(c) = &mut self.clif {

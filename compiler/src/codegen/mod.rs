@@ -108,6 +108,7 @@ pub fn lower_graph(
     // `-neon` on an aarch64 target keeps GEMMs on the portable CLIF kernel.
     lw.neon = isa::is_aarch64(target) && target.has("neon") && !lw.sve;
     lw.l1d = target.caches.l1d;
+    lw.l2 = target.caches.l2;
     lw.clif = dumps.clif.take();
     lw.asm = dumps.asm.take();
     lw.scratch_base = STATUS_BYTES + plan.arena_bytes.div_ceil(64) * 64;

@@ -37,6 +37,7 @@ mod taps;
 mod tiled;
 mod topk;
 mod zact;
+pub(crate) mod zcopy;
 mod zgemm;
 mod zsoftmax;
 mod ztranspose;
