@@ -18,12 +18,12 @@
 //! before the store.
 
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::types::{F32, F32X4};
-use cranelift_codegen::ir::{InstBuilder, Value};
+use cranelift_codegen::ir::types::{F32, F32X4, I64};
+use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value};
 
-use super::NodeCx;
 use super::gemm::Act;
 use super::linalg::{ConvGeom, activation, conv_geom_of};
+use super::{NodeCx, zdepthwise};
 use crate::codegen::builder::{Kb, mem};
 use crate::codegen::lower::Lower;
 use crate::error::Result;
@@ -202,7 +202,26 @@ fn emit(
     let pix = (c * 4) as i64;
     let row_bytes = wd as i64 * pix;
     let orow = (c * 4) as i64;
-    lw.kernel(bufs, n * oh, |kb| {
+    let fast = (mode == Mode::Conv && zdepthwise::fits(lw, kh, act))
+        .then(|| {
+            zdepthwise::define(
+                lw,
+                &zdepthwise::Shape {
+                    kh,
+                    kw,
+                    c,
+                    s1,
+                    d1,
+                    p1,
+                    bias: bias_arg.is_some(),
+                    res: res_arg.is_some(),
+                    act,
+                },
+            )
+        })
+        .transpose()?;
+    let callees: Vec<_> = fast.into_iter().collect();
+    lw.kernel_calling(bufs, n * oh, false, &callees, |kb, refs| {
         let (xp, wp, zp, op) = (kb.arg(0), kb.arg(1), kb.arg(2), kb.arg(3));
         let bp = bias_arg.map(|j| kb.arg(j));
         let rp = res_arg.map(|j| kb.arg(j));
@@ -242,8 +261,28 @@ fn emit(
                 act,
             };
             cx.range(kb, 0, lo, 1, true);
-            let ilo = cx.range(kb, lo, hi, UNROLL, false);
-            cx.range_dyn(kb, ilo, hi);
+            if let Some(&f) = refs.first() {
+                // [weights, bias, tap rows...] for the machine-code interior.
+                let slot = kb.b.create_sized_stack_slot(StackSlotData::new(
+                    StackSlotKind::ExplicitSlot,
+                    ((2 + kh) * 8) as u32,
+                    3,
+                ));
+                let z = kb.i(0);
+                let ptrs = [wp, bp.unwrap_or(z)]
+                    .into_iter()
+                    .chain(rows.iter().copied());
+                for (i, v) in ptrs.enumerate() {
+                    kb.b.ins().stack_store(I64, v, slot, (i * 8) as i32);
+                }
+                let arr = kb.b.ins().stack_addr(I64, slot, 0);
+                let (j0, j1) = (kb.i(lo as i64), kb.i(hi as i64));
+                let res = rrow_p.unwrap_or(z);
+                kb.b.ins().call(f, &[arr, orow_p, res, j0, j1]);
+            } else {
+                let ilo = cx.range(kb, lo, hi, UNROLL, false);
+                cx.range_dyn(kb, ilo, hi);
+            }
             cx.range(kb, hi, ow, 1, true);
         });
     })

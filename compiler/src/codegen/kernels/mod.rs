@@ -38,6 +38,7 @@ mod tiled;
 mod topk;
 mod zact;
 pub(crate) mod zcopy;
+mod zdepthwise;
 mod zgemm;
 mod zsoftmax;
 mod ztranspose;
