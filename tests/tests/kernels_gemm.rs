@@ -2,7 +2,8 @@
 //! has it, and the portable CLIF kernel, forced by compiling for the host
 //! minus `avx512f`) against the interpreter: MatMul/Gemm/Conv and their
 //! fused forms on shapes that are not multiples of the 14x32 tile or the
-//! depth block (1, odd, just past a block), constant and run-time B,
+//! depth block (1, odd, just past a block), few rows over many panels
+//! (the tiles spanning four panels), constant and run-time B,
 //! batches with broadcasting, bias of every shape, residual, activations
 //! done in registers and after the store; channels-last convolutions
 //! lowered as one GEMM over the weights (im2col blocks on the stack), the
@@ -108,6 +109,11 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (15, 300, 65),
     (29, 517, 70),
     (3, 1000, 17),
+    // At most 3 rows over more than 4 panels: the wide tiles (4 panels
+    // each), then single panels, then the edge.
+    (1, 300, 200),
+    (2, 70, 288),
+    (3, 5, 161),
 ];
 
 fn act(name: &str) -> (&'static str, Attr) {
@@ -526,7 +532,12 @@ fn attention_blocked_loops() {
 #[test]
 fn attention_on_gemm_tiles() {
     let mut rng = SplitMix64::new(12);
-    for (s, t, d, dv) in [(30, 70, 40, 33), (17, 200, 64, 64), (1, 45, 8, 80)] {
+    for (s, t, d, dv) in [
+        (30, 70, 40, 33),
+        (17, 200, 64, 64),
+        (1, 45, 8, 80),
+        (2, 300, 16, 24),
+    ] {
         let q = data(&mut rng, &[1, 4, s, d]);
         let k = data(&mut rng, &[1, 2, t, d]);
         let v = data(&mut rng, &[1, 2, t, dv]);

@@ -124,7 +124,18 @@ struct Tile {
     res: Option<(i64, bool)>,
     alpha: f32,
     act: Act,
+    /// Panels side by side (1; [`WIDE_PANELS`] for the wide form, at most
+    /// [`WIDE_ROWS`] rows) and the bytes from one packed panel to the next.
+    np: usize,
+    pstride: i64,
 }
+
+/// A GEMM of at most this many rows streams B from memory once: its tiles
+/// span [`WIDE_PANELS`] panels, so the core's prefetchers run that many
+/// streams (one 32-column panel is one sequential stream, which leaves
+/// DRAM bandwidth unused).
+const WIDE_ROWS: usize = 3;
+const WIDE_PANELS: usize = 4;
 
 mod asm {
     //! The tile function in x86-64 machine code (register names would
@@ -141,19 +152,24 @@ mod asm {
         zmm27, zmm28, zmm29, zmm30, zmm31,
     ];
 
+    /// Column vector `h` of a panel takes mask k1 (even) or k2 (odd):
+    /// only a one-panel tile can hold the edge, so wide tiles' masks are
+    /// all ones.
     fn masked(r: AsmRegisterZmm, h: usize) -> AsmRegisterZmm {
-        if h == 0 { r.k1() } else { r.k2() }
+        if h.is_multiple_of(2) { r.k1() } else { r.k2() }
     }
 
     fn masked_mem(m: AsmMemoryOperand, h: usize) -> AsmMemoryOperand {
-        if h == 0 { m.k1() } else { m.k2() }
+        if h.is_multiple_of(2) { m.k1() } else { m.k2() }
     }
 
     /// Assembles the tile function.
     pub(super) fn assemble(t: &Tile) -> std::result::Result<Vec<u8>, IcedError> {
         let mut a = CodeAssembler::new(64)?;
         let mut consts = zact::Consts::default();
-        let acc = |i: usize, h: usize| Z[2 * i + h];
+        // Column vectors: `nv` per panel, panels side by side in C.
+        let ncol = t.np * t.nv;
+        let acc = |i: usize, h: usize| Z[i * ncol + h];
         let (tmp, bv0, bv1) = (Z[28], Z[28], Z[29]);
         let c_at = |i: usize, h: usize| zmmword_ptr(rdx + (i as i64 * t.ldc + h as i64 * 64));
 
@@ -171,14 +187,14 @@ mod asm {
         a.bt(r9, 32)?;
         a.jae(zero)?;
         for i in 0..t.mr {
-            for h in 0..t.nv {
+            for h in 0..ncol {
                 a.vmovups(masked(acc(i, h), h).z(), c_at(i, h))?;
             }
         }
         a.jmp(start)?;
         a.set_label(&mut zero)?;
         for i in 0..t.mr {
-            for h in 0..t.nv {
+            for h in 0..ncol {
                 a.vpxord(acc(i, h), acc(i, h), acc(i, h))?;
             }
         }
@@ -186,6 +202,25 @@ mod asm {
 
         // One depth step at element offset `ko` from rdi (A) / rsi (B).
         let step = |a: &mut CodeAssembler, ko: i64| -> std::result::Result<(), IcedError> {
+            if t.np > 1 {
+                // A few rows across several panels: the rows' broadcasts
+                // first (z31 down), then each panel's vectors in turn.
+                for i in 0..t.mr {
+                    a.vbroadcastss(Z[31 - i], dword_ptr(rdi + (i as i64 * t.lda + ko * 4)))?;
+                }
+                for h in 0..ncol {
+                    let bv = Z[24 + h % 4];
+                    let panel = (h / t.nv) as i64 * t.pstride;
+                    a.vmovups(
+                        bv,
+                        zmmword_ptr(rsi + (panel + ko * 128 + (h % t.nv) as i64 * 64)),
+                    )?;
+                    for i in 0..t.mr {
+                        a.vfmadd231ps(acc(i, h), bv, Z[31 - i])?;
+                    }
+                }
+                return Ok(());
+            }
             a.vmovups(bv0, zmmword_ptr(rsi + ko * 128))?;
             if t.nv == 2 {
                 a.vmovups(bv1, zmmword_ptr(rsi + (ko * 128 + 64)))?;
@@ -242,7 +277,7 @@ mod asm {
         if t.alpha != 1.0 {
             splat(&mut a, Z[29], t.alpha)?;
             for i in 0..t.mr {
-                for h in 0..t.nv {
+                for h in 0..ncol {
                     a.vmulps(acc(i, h), acc(i, h), Z[29])?;
                 }
             }
@@ -256,7 +291,7 @@ mod asm {
                 if !vec {
                     a.vbroadcastss(tmp, dword_ptr(base + i as i64 * rs))?;
                 }
-                for h in 0..t.nv {
+                for h in 0..ncol {
                     if vec {
                         a.vmovups(
                             masked(tmp, h).z(),
@@ -272,7 +307,7 @@ mod asm {
             }
         }
         let accs: Vec<_> = (0..t.mr)
-            .flat_map(|i| (0..t.nv).map(move |h| acc(i, h)))
+            .flat_map(|i| (0..ncol).map(move |h| acc(i, h)))
             .collect();
         zact::apply(
             &mut a,
@@ -283,7 +318,7 @@ mod asm {
         )?;
         a.set_label(&mut store)?;
         for i in 0..t.mr {
-            for h in 0..t.nv {
+            for h in 0..ncol {
                 a.vmovups(masked_mem(c_at(i, h), h), acc(i, h))?;
             }
         }
@@ -311,11 +346,23 @@ pub fn depth_block(lw: &Lower, k: usize) -> usize {
 /// How the work splits: (column-panel groups, row-block parts) per batch
 /// element. At least 8 items when the shape allows (threads take
 /// contiguous item ranges), and row parts small enough that their A block
-/// stays in L2.
-fn split(batch: usize, panels: usize, mblocks: usize, kc: usize) -> (usize, usize) {
+/// stays in L2. With `rows_first` (B stays in L2, so each thread reading
+/// all of it costs little) rows split before columns: a thread then
+/// writes whole rows of C, the rows the next layer's thread, split by rows
+/// too, reads from its own core's cache instead of the other core's.
+fn split(
+    batch: usize,
+    panels: usize,
+    mblocks: usize,
+    kc: usize,
+    rows_first: bool,
+) -> (usize, usize) {
     const WANT: usize = 8;
     let max_mb = ((256usize << 10) / (ZMR * kc * 4)).max(1);
     let mut mparts = mblocks.div_ceil(max_mb);
+    if rows_first && batch * mparts < WANT {
+        mparts = mblocks.min(WANT.div_ceil(batch)).max(mparts);
+    }
     let mut groups = 1;
     if batch * mparts < WANT {
         groups = panels.min(WANT.div_ceil(batch * mparts));
@@ -341,8 +388,11 @@ pub struct Plan {
     act_in_regs: bool,
     /// A's row stride (elements) as the tiles read it.
     a_rs: i64,
+    /// The callee spanning [`WIDE_PANELS`] inner panels (few rows).
+    wide: Option<usize>,
     /// Tile functions: [full rows, tail rows] for inner panels, then the
-    /// same for the edge panel when it takes the one-vector form.
+    /// same for the edge panel when it takes the one-vector form, then the
+    /// wide one.
     pub callees: Vec<cranelift_module::FuncId>,
 }
 
@@ -367,6 +417,8 @@ pub fn plan(lw: &mut Lower, g: &Gemm, a_rs: i64) -> Result<Plan> {
         res: g.residual.as_ref().map(|r| (r.rs * 4, r.cs == 1)),
         alpha: g.alpha,
         act: if act_in_regs { g.act } else { Act::None },
+        np: 1,
+        pstride: (k * ZNR * 4) as i64,
     };
     let edge_nv = if edge_cols <= 16 { 1 } else { 2 };
     let mut callees = Vec::new();
@@ -379,6 +431,18 @@ pub fn plan(lw: &mut Lower, g: &Gemm, a_rs: i64) -> Result<Plan> {
             break;
         }
     }
+    let wide = (m <= WIDE_ROWS && panels > WIDE_PANELS && WIDE_PANELS * k * ZNR * 4 < 1 << 31)
+        .then(|| {
+            callees.push(define_tile(
+                lw,
+                &Tile {
+                    np: WIDE_PANELS,
+                    ..tile(m, 2)
+                },
+            )?);
+            Ok::<_, Error>(callees.len() - 1)
+        })
+        .transpose()?;
     Ok(Plan {
         panels,
         mblocks,
@@ -390,6 +454,7 @@ pub fn plan(lw: &mut Lower, g: &Gemm, a_rs: i64) -> Result<Plan> {
         edge_nv,
         act_in_regs,
         a_rs,
+        wide,
         callees,
     })
 }
@@ -399,8 +464,20 @@ pub fn plan(lw: &mut Lower, g: &Gemm, a_rs: i64) -> Result<Plan> {
 pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
     let (m, n, k) = (g.m, g.n, g.k);
     let kc = depth_block(lw, k);
-    let (groups, mparts) = split(g.batch, n.div_ceil(ZNR), m.div_ceil(ZMR), kc);
-    let ppg = n.div_ceil(ZNR).div_ceil(groups);
+    let b_bytes = n.next_multiple_of(ZNR) * k * 4;
+    let (groups, mparts) = split(
+        g.batch,
+        n.div_ceil(ZNR),
+        m.div_ceil(ZMR),
+        kc,
+        b_bytes <= lw.l2 / 2,
+    );
+    let mut ppg = n.div_ceil(ZNR).div_ceil(groups);
+    if m <= WIDE_ROWS {
+        // Whole wide tiles per group.
+        ppg = ppg.next_multiple_of(WIDE_PANELS);
+    }
+    let groups = n.div_ceil(ZNR).div_ceil(ppg);
     // A's rows would share L1 sets and evict each other within one tile
     // (a multiple of 2 KiB apart, as in wide layers): where an item's
     // tiles span enough columns to repay it, it copies its rows per depth
@@ -467,8 +544,8 @@ pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
             let per_batch = (groups * mparts) as i64;
             let bi = kb.b.ins().udiv_imm_u(item, per_batch);
             let rest = kb.b.ins().urem_imm_u(item, per_batch);
-            let gi = kb.b.ins().udiv_imm_u(rest, mparts as i64);
-            let mpi = kb.b.ins().urem_imm_u(rest, mparts as i64);
+            let mpi = kb.b.ins().udiv_imm_u(rest, groups as i64);
+            let gi = kb.b.ins().urem_imm_u(rest, groups as i64);
             let ob = kb.gep(op, bi, 40);
             let ld = |kb: &mut Kb, j: i32| kb.b.ins().load(I64, mem(), ob, j * 8);
             let (oa, obp, oc, obias, ores) =
@@ -608,7 +685,33 @@ pub fn emit_pass(
             }
         });
     };
-    kb.for_range(p_lo, p_inner, 1, |kb, p| panel(kb, p, false));
+    let p_rest = match pl.wide {
+        Some(w) => {
+            // One row block (`wide` is planned for few rows only).
+            let span = kb.b.ins().isub(p_inner, p_lo);
+            let whole = kb.b.ins().udiv_imm_u(span, WIDE_PANELS as i64);
+            let whole = kb.muli(whole, WIDE_PANELS as i64);
+            let p_mid = kb.b.ins().iadd(p_lo, whole);
+            let ctlv = kb.i(ctl | u32::MAX as i64);
+            kb.for_range(p_lo, p_mid, WIDE_PANELS as i64, |kb, p| {
+                let bpan = kb.gep(base.b, p, (k * ZNR * 4) as i64);
+                let bpan = kb.addi(bpan, k0 * (ZNR as i64) * 4);
+                let j0 = kb.muli(p, ZNR as i64);
+                let r0 = kb.i(0);
+                let c = tile_ptr(kb, base.c, &g.c, r0, j0);
+                let bias = opt_ptr(kb, base.bias, g.bias.as_ref(), r0, j0);
+                let res = opt_ptr(kb, base.res, g.residual.as_ref(), r0, j0);
+                kb.b.ins()
+                    .call(refs[w], &[base.a, bpan, c, bias, res, ctlv]);
+                if last && !pl.act_in_regs {
+                    post_act(kb, g, c, tail_rows, WIDE_PANELS * ZNR);
+                }
+            });
+            p_mid
+        }
+        None => p_lo,
+    };
+    kb.for_range(p_rest, p_inner, 1, |kb, p| panel(kb, p, false));
     kb.if_(has_edge, |kb| {
         let p = kb.i(panels as i64 - 1);
         panel(kb, p, true);
@@ -667,12 +770,14 @@ mod tests {
     #[test]
     fn split_covers_every_block_once() {
         for (batch, panels, mblocks) in [(1, 1, 1), (1, 128, 19), (3, 2, 40), (200, 3, 1)] {
-            let (g, m) = split(batch, panels, mblocks, 128);
-            let ppg = panels.div_ceil(g);
-            let mbpp = mblocks.div_ceil(m);
-            assert!(g >= 1 && m >= 1);
-            assert!((g - 1) * ppg < panels && g * ppg >= panels);
-            assert!((m - 1) * mbpp < mblocks && m * mbpp >= mblocks);
+            for rows_first in [false, true] {
+                let (g, m) = split(batch, panels, mblocks, 128, rows_first);
+                let ppg = panels.div_ceil(g);
+                let mbpp = mblocks.div_ceil(m);
+                assert!(g >= 1 && m >= 1);
+                assert!((g - 1) * ppg < panels && g * ppg >= panels);
+                assert!((m - 1) * mbpp < mblocks && m * mbpp >= mblocks);
+            }
         }
     }
 
@@ -689,6 +794,8 @@ mod tests {
                 res: Some((4096 * 4, true)),
                 alpha: 2.0,
                 act,
+                np: 1,
+                pstride: 0,
             };
             let code = asm::assemble(&t).expect("assembles");
             // The function ends with `ret`, then the constants it reads
