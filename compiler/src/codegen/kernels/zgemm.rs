@@ -370,9 +370,62 @@ fn split(
     if batch * mparts * groups < WANT {
         mparts = mblocks.min(WANT.div_ceil(batch * groups)).max(mparts);
     }
+    let (mut groups, mut mparts) = normal(panels, mblocks, groups, mparts);
+    // Few items of unequal count per thread leave a thread idle: refine
+    // the split dimension (rows where `rows_first`, else columns: the
+    // other one would re-read the big operand) while that evens the load.
+    let mut best = imbalance(batch, panels, mblocks, groups, mparts);
+    let (g0, m0) = (groups, mparts);
+    let candidates: Vec<(usize, usize)> = if rows_first {
+        (m0..=mblocks.min(4 * m0)).map(|m| (g0, m)).collect()
+    } else {
+        (g0..=panels.min(4 * g0)).map(|g| (g, m0)).collect()
+    };
+    for (g, m) in candidates {
+        let (g, m) = normal(panels, mblocks, g, m);
+        let x = imbalance(batch, panels, mblocks, g, m);
+        if x < best - 1e-9 {
+            (best, groups, mparts) = (x, g, m);
+        }
+    }
+    (groups, mparts)
+}
+
+/// `(groups, parts)` as the items really fall: every group of
+/// `panels / groups` panels (rounded up) and part of `mblocks / parts`
+/// row blocks is non-empty.
+fn normal(panels: usize, mblocks: usize, groups: usize, mparts: usize) -> (usize, usize) {
     let ppg = panels.div_ceil(groups);
     let mbpp = mblocks.div_ceil(mparts);
     (panels.div_ceil(ppg), mblocks.div_ceil(mbpp))
+}
+
+/// The slowest thread's work over an even share, averaged over 2 and 4
+/// threads, when the pool hands each thread a contiguous range of the
+/// items (batch, row part, panel group) as `runtime::pool` does: the
+/// first `n % t` threads take one item more.
+fn imbalance(batch: usize, panels: usize, mblocks: usize, groups: usize, mparts: usize) -> f64 {
+    let (ppg, mbpp) = (panels.div_ceil(groups), mblocks.div_ceil(mparts));
+    let span = |i: usize, per: usize, all: usize| per.min(all - i * per);
+    let work = |item: usize| {
+        let rest = item % (groups * mparts);
+        span(rest / groups, mbpp, mblocks) * span(rest % groups, ppg, panels)
+    };
+    let n = batch * groups * mparts;
+    let total = (batch * mblocks * panels) as f64;
+    let worst = |t: usize| {
+        let (q, r) = (n / t, n % t);
+        (0..t)
+            .map(|i| {
+                let b = i * q + i.min(r);
+                (b..b + q + usize::from(i < r)).map(work).sum::<usize>()
+            })
+            .max()
+            .unwrap_or(0) as f64
+            * t as f64
+            / total
+    };
+    (worst(2) + worst(4)) / 2.0
 }
 
 /// The blocking of one GEMM and its tile functions (defined by [`plan`]).
@@ -779,6 +832,18 @@ mod tests {
                 assert!((m - 1) * mbpp < mblocks && m * mbpp >= mblocks);
             }
         }
+    }
+
+    #[test]
+    fn split_evens_the_threads_load() {
+        // 14 row blocks in 8 parts fall as 7 parts of 2 (4 vs 3 per
+        // thread at 2 threads): one block per part splits 7/7.
+        assert_eq!(split(1, 18, 14, 128, true), (1, 14));
+        // 10 panels in groups of 2 make 5 items (3 vs 2): 10 groups of 1.
+        assert_eq!(split(1, 10, 4, 128, false), (10, 1));
+        // Already even: left alone.
+        assert_eq!(split(1, 128, 1, 128, false), (8, 1));
+        assert!(imbalance(1, 10, 4, 10, 1) < imbalance(1, 10, 4, 5, 1));
     }
 
     #[test]
