@@ -112,8 +112,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Chunk `t` of `[0, n)` split over `threads`.
-fn chunk(n: usize, threads: usize, t: usize) -> (usize, usize) {
+/// Chunk `t` of `[0, n)` split over `threads`: contiguous, the first
+/// `n % threads` chunks one longer (kernels plan their items for it).
+pub fn chunk(n: usize, threads: usize, t: usize) -> (usize, usize) {
     let (q, r) = (n / threads, n % threads);
     let begin = t * q + t.min(r);
     (begin, begin + q + usize::from(t < r))

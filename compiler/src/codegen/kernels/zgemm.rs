@@ -137,6 +137,13 @@ struct Tile {
 const WIDE_ROWS: usize = 3;
 const WIDE_PANELS: usize = 4;
 
+/// Whether a GEMM of `m` rows, `panels` panels and depth `k` takes the
+/// wide tiles (more inner panels than one of them spans; panel offsets
+/// are 32-bit displacements).
+fn wide(m: usize, panels: usize, k: usize) -> bool {
+    m <= WIDE_ROWS && panels > WIDE_PANELS && WIDE_PANELS * k * ZNR * 4 < 1 << 31
+}
+
 mod asm {
     //! The tile function in x86-64 machine code (register names would
     //! shadow the driver's variables, hence the module).
@@ -401,9 +408,8 @@ fn normal(panels: usize, mblocks: usize, groups: usize, mparts: usize) -> (usize
 }
 
 /// The slowest thread's work over an even share, averaged over 2 and 4
-/// threads, when the pool hands each thread a contiguous range of the
-/// items (batch, row part, panel group) as `runtime::pool` does: the
-/// first `n % t` threads take one item more.
+/// threads, when the pool hands each thread its chunk of the items
+/// (batch, row part, panel group).
 fn imbalance(batch: usize, panels: usize, mblocks: usize, groups: usize, mparts: usize) -> f64 {
     let (ppg, mbpp) = (panels.div_ceil(groups), mblocks.div_ceil(mparts));
     let span = |i: usize, per: usize, all: usize| per.min(all - i * per);
@@ -414,11 +420,10 @@ fn imbalance(batch: usize, panels: usize, mblocks: usize, groups: usize, mparts:
     let n = batch * groups * mparts;
     let total = (batch * mblocks * panels) as f64;
     let worst = |t: usize| {
-        let (q, r) = (n / t, n % t);
         (0..t)
             .map(|i| {
-                let b = i * q + i.min(r);
-                (b..b + q + usize::from(i < r)).map(work).sum::<usize>()
+                let (b, e) = cpucc_runtime::chunk(n, t, i);
+                (b..e).map(work).sum::<usize>()
             })
             .max()
             .unwrap_or(0) as f64
@@ -484,7 +489,7 @@ pub fn plan(lw: &mut Lower, g: &Gemm, a_rs: i64) -> Result<Plan> {
             break;
         }
     }
-    let wide = (m <= WIDE_ROWS && panels > WIDE_PANELS && WIDE_PANELS * k * ZNR * 4 < 1 << 31)
+    let wide = wide(m, panels, k)
         .then(|| {
             callees.push(define_tile(
                 lw,
@@ -526,7 +531,7 @@ pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
         b_bytes <= lw.l2 / 2,
     );
     let mut ppg = n.div_ceil(ZNR).div_ceil(groups);
-    if m <= WIDE_ROWS {
+    if wide(m, n.div_ceil(ZNR), k) {
         // Whole wide tiles per group.
         ppg = ppg.next_multiple_of(WIDE_PANELS);
     }
@@ -697,21 +702,26 @@ pub fn emit_pass(
         ctl |= 1 << 33;
     }
     let k0 = (kbi * kc) as i64;
+    // A tile function's arguments for the tile at row `r0` of panel `p`.
+    let tile_args = |kb: &mut Kb, p: Value, r0: Value, ctlv: Value| {
+        let bpan = kb.gep(base.b, p, (k * ZNR * 4) as i64);
+        let bpan = kb.addi(bpan, k0 * (ZNR as i64) * 4);
+        let j0 = kb.muli(p, ZNR as i64);
+        let a = kb.gep(base.a, r0, pl.a_rs * 4);
+        let c = tile_ptr(kb, base.c, &g.c, r0, j0);
+        let bias = opt_ptr(kb, base.bias, g.bias.as_ref(), r0, j0);
+        let res = opt_ptr(kb, base.res, g.residual.as_ref(), r0, j0);
+        [a, bpan, c, bias, res, ctlv]
+    };
     // The row blocks of panel `p` (`edge`: the last panel).
     let panel = |kb: &mut Kb, p: Value, edge: bool| {
         let (full_fn, tail_fn) = fns(edge);
         let ctlv = kb.i(ctl | if edge { edge_mask } else { u32::MAX as i64 });
-        let bpan = kb.gep(base.b, p, (k * ZNR * 4) as i64);
-        let bpan = kb.addi(bpan, k0 * (ZNR as i64) * 4);
-        let j0 = kb.muli(p, ZNR as i64);
         let cols = if edge { edge_cols } else { ZNR };
         kb.for_range(mb_lo, mb_hi, 1, |kb, mb| {
             let r0 = kb.muli(mb, ZMR as i64);
-            let a = kb.gep(base.a, r0, pl.a_rs * 4);
-            let c = tile_ptr(kb, base.c, &g.c, r0, j0);
-            let bias = opt_ptr(kb, base.bias, g.bias.as_ref(), r0, j0);
-            let res = opt_ptr(kb, base.res, g.residual.as_ref(), r0, j0);
-            let args = [a, bpan, c, bias, res, ctlv];
+            let args = tile_args(kb, p, r0, ctlv);
+            let c = args[2];
             let post = |kb: &mut Kb, rows: usize| {
                 if last && !pl.act_in_regs {
                     post_act(kb, g, c, rows, cols);
@@ -747,17 +757,11 @@ pub fn emit_pass(
             let p_mid = kb.b.ins().iadd(p_lo, whole);
             let ctlv = kb.i(ctl | u32::MAX as i64);
             kb.for_range(p_lo, p_mid, WIDE_PANELS as i64, |kb, p| {
-                let bpan = kb.gep(base.b, p, (k * ZNR * 4) as i64);
-                let bpan = kb.addi(bpan, k0 * (ZNR as i64) * 4);
-                let j0 = kb.muli(p, ZNR as i64);
                 let r0 = kb.i(0);
-                let c = tile_ptr(kb, base.c, &g.c, r0, j0);
-                let bias = opt_ptr(kb, base.bias, g.bias.as_ref(), r0, j0);
-                let res = opt_ptr(kb, base.res, g.residual.as_ref(), r0, j0);
-                kb.b.ins()
-                    .call(refs[w], &[base.a, bpan, c, bias, res, ctlv]);
+                let args = tile_args(kb, p, r0, ctlv);
+                kb.b.ins().call(refs[w], &args);
                 if last && !pl.act_in_regs {
-                    post_act(kb, g, c, tail_rows, WIDE_PANELS * ZNR);
+                    post_act(kb, g, args[2], tail_rows, WIDE_PANELS * ZNR);
                 }
             });
             p_mid
