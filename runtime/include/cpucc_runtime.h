@@ -36,7 +36,7 @@ extern "C" {
    CPUs this process may use); the calling thread is pinned to the first.
    0 = CPUCC_NUM_THREADS, else every physical core of one NUMA node.
    CPUCC_CORES (a CPU list, e.g. 0-13), CPUCC_NUMA_NODE and CPUCC_SPIN
-   (spin iterations before a waiting thread parks) apply. NULL if a setting
+   (microseconds a waiting thread spins before it parks) apply. NULL if a setting
    is invalid or threads cannot be started. */
 cpucc_pool *cpucc_pool_create(size_t threads);
 /* Stops the workers and frees the pool; NULL is ignored. No parallel_for

@@ -13,10 +13,10 @@
 use crate::affinity;
 use crate::topology::{Topology, format_cpu_list, parse_cpu_list};
 
-/// Spin iterations before a waiting thread parks: 1-10 µs, by the CPU's
-/// `pause` latency. Longer spins lose on an oversubscribed machine: 4,000
-/// made an empty 2-thread `parallel_for` cost 300 µs at load 8 on 2 cores.
-pub const DEFAULT_SPIN: u32 = 100;
+/// Microseconds a waiting thread spins (yielding after the first 20) before
+/// it parks: longer than the gaps between a model's parallel loops and
+/// between back-to-back runs, short against a serving app's idle time.
+pub const DEFAULT_SPIN: u32 = 200;
 
 /// How to build a pool. `Default` is one pinned thread per physical core of
 /// one NUMA node.
@@ -30,7 +30,8 @@ pub struct PoolOptions {
     pub numa_node: Option<usize>,
     /// Pin each thread to its core (`false`: plain threads, for comparison).
     pub pin: bool,
-    /// Spin iterations before parking (`CPUCC_SPIN`, `--spin`).
+    /// Microseconds a waiting thread spins before parking (`CPUCC_SPIN`,
+    /// `--spin`).
     pub spin: u32,
     /// Chunk records kept per thread for tracing (0 = no tracing).
     pub trace_capacity: usize,

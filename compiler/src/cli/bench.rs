@@ -39,8 +39,8 @@ pub(super) struct PlaceArgs {
     /// Plain threads, not pinned to cores (for comparison).
     #[arg(long)]
     pub no_pin: bool,
-    /// Spin iterations before a waiting thread parks (default:
-    /// `CPUCC_SPIN`, else 100).
+    /// Microseconds a waiting thread spins before it parks (default:
+    /// `CPUCC_SPIN`, else 200).
     #[arg(long)]
     pub spin: Option<u32>,
 }
