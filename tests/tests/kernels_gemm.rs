@@ -324,7 +324,11 @@ type NhwcCase = (
 fn channels_last_conv_as_gemm() {
     let mut rng = SplitMix64::new(6);
     // (N, C, H, W, O, kernel, stride, pads, dilation, group)
-    let cases: [NhwcCase; 11] = [
+    // O = 33, 2 and 66: an edge panel of 1-2 columns (the dot tiles),
+    // over depths with a masked last vector (K = 9, 216, 630).
+    let cases: [NhwcCase; 13] = [
+        (1, 1, 7, 8, 2, 3, 1, [1; 4], 1, 1),
+        (1, 24, 9, 8, 66, 3, 1, [1; 4], 1, 1),
         (2, 16, 5, 7, 33, 1, 1, [0; 4], 1, 1),
         (1, 70, 6, 5, 33, 3, 1, [1; 4], 1, 1),
         (1, 32, 5, 6, 20, 3, 1, [1; 4], 1, 1),
@@ -352,7 +356,7 @@ fn channels_last_conv_as_gemm() {
             ("group", Attr::Int(grp)),
             ("layout", Attr::String("NHWC".into())),
         ];
-        for a in [None, Some("Relu"), Some("Tanh")] {
+        for a in [None, Some("Relu"), Some("Tanh"), Some("Sigmoid")] {
             let mut attrs = geo.to_vec();
             if let Some(a) = a {
                 attrs.push(act(a));

@@ -177,8 +177,8 @@ pub(super) fn emit(
     let mbpp = mblocks.div_ceil(mblocks.min(WANT_ITEMS.div_ceil(s.batch * qh)));
     let mparts = mblocks.div_ceil(mbpp);
     let plans = [
-        zgemm::plan(lw, &g[0], s.qs.2)?,
-        zgemm::plan(lw, &g[1], total as i64)?,
+        zgemm::plan(lw, &g[0], s.qs.2, false)?,
+        zgemm::plan(lw, &g[1], total as i64, false)?,
     ];
     let split = plans[0].callees.len();
     let mut callees: Vec<_> = plans.iter().flat_map(|p| p.callees.clone()).collect();

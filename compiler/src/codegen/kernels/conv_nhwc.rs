@@ -375,8 +375,10 @@ fn blocked(
 ) -> Result<()> {
     const ZMR: usize = zgemm::ZMR;
     let (p, o, kk) = (g.m, g.n, g.k);
-    let packed = lw.data(gemm::pack_const(bmat, kk, o, o, 1, zgemm::ZNR))?;
-    let pl = zgemm::plan(lw, g, g.a.rs)?;
+    let mut packed = gemm::pack_const(bmat, kk, o, o, 1, zgemm::ZNR);
+    zgemm::pack_dot_edge(&mut packed, kk, o);
+    let packed = lw.data(packed)?;
+    let pl = zgemm::plan(lw, g, g.a.rs, true)?;
     let (kc, panels) = (pl.kc, pl.panels);
     let max_rb = (A_BLOCK_BYTES / (kc * 4) / ZMR * ZMR).max(ZMR);
     let far = bmat.len() * 4 > 4 * lw.l2;

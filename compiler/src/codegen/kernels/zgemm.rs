@@ -139,7 +139,17 @@ struct Tile {
     /// [`WIDE_ROWS`] rows) and the bytes from one packed panel to the next.
     np: usize,
     pstride: i64,
+    /// The narrow-edge form ([`DOT_COLS`] columns at most, see
+    /// [`asm::assemble_dot`]): columns this many, B's edge panel packed
+    /// K-major, `pstride` / 32 bytes apart.
+    dot: Option<usize>,
 }
+
+/// An edge panel of at most this many columns is computed as dot products
+/// along the depth (B's columns packed K-contiguous), not on a 16-column
+/// vector that is almost all padding: Conv(16, 33, 3) spent a third of its
+/// time on its 33rd column.
+pub const DOT_COLS: usize = 2;
 
 /// A GEMM of at most this many rows streams B from memory once: its tiles
 /// span [`WIDE_PANELS`] panels, so the core's prefetchers run that many
@@ -161,7 +171,7 @@ mod asm {
     use iced_x86::IcedError;
     use iced_x86::code_asm::*;
 
-    use super::{CTL_DEPTH, CTL_PREFETCH, Tile};
+    use super::{CTL_DEPTH, CTL_PREFETCH, Tile, ZNR_I64};
     use crate::codegen::kernels::zact;
 
     const Z: [AsmRegisterZmm; 32] = [
@@ -360,11 +370,160 @@ mod asm {
         consts.emit(&mut a)?;
         a.assemble(0)
     }
+
+    /// The narrow-edge tile: `mr` rows by `e` (at most [`super::DOT_COLS`])
+    /// columns, each a dot product along the depth, 16 depths per vector
+    /// (a masked last one): A rows and B's K-major columns are both
+    /// contiguous there. Each accumulator is summed across its lanes at
+    /// the end; C partial sums, alpha, bias, residual and the store go one
+    /// element at a time, the activation on all accumulators at once.
+    pub(super) fn assemble_dot(t: &Tile, e: usize) -> std::result::Result<Vec<u8>, IcedError> {
+        const X: [AsmRegisterXmm; 32] = [
+            xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13,
+            xmm14, xmm15, xmm16, xmm17, xmm18, xmm19, xmm20, xmm21, xmm22, xmm23, xmm24, xmm25,
+            xmm26, xmm27, xmm28, xmm29, xmm30, xmm31,
+        ];
+        const Y: [AsmRegisterYmm; 32] = [
+            ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13,
+            ymm14, ymm15, ymm16, ymm17, ymm18, ymm19, ymm20, ymm21, ymm22, ymm23, ymm24, ymm25,
+            ymm26, ymm27, ymm28, ymm29, ymm30, ymm31,
+        ];
+        let mut a = CodeAssembler::new(64)?;
+        // EVEX throughout: the scalar and 128/256-bit forms name xmm16+.
+        a.set_prefer_vex(false);
+        let mut consts = zact::Consts::default();
+        let acc = |i: usize, j: usize| i * e + j;
+        let n = t.mr * e;
+        let bcol = t.pstride / ZNR_I64;
+        // Depth, in vectors of 16 (r10) and the rest (k3).
+        a.mov(rax, r9)?;
+        a.shr(rax, CTL_DEPTH)?;
+        a.mov(r10, rax)?;
+        a.shr(r10, 4)?;
+        a.and(eax, 15)?;
+        a.mov(r11d, 1)?;
+        a.shlx(r11d, r11d, eax)?;
+        a.dec(r11d)?;
+        a.kmovw(k3, r11d)?;
+        for &r in &Z[..n] {
+            a.vpxord(r, r, r)?;
+        }
+        // One vector of depths; `tail`: the masked last one.
+        let step = |a: &mut CodeAssembler, tail: bool| -> std::result::Result<(), IcedError> {
+            let ld = |r: AsmRegisterZmm| if tail { r.k3().z() } else { r };
+            for j in 0..e {
+                a.vmovups(ld(Z[28 + j]), zmmword_ptr(rsi + j as i64 * bcol))?;
+            }
+            for i in 0..t.mr {
+                a.vmovups(ld(Z[30]), zmmword_ptr(rdi + i as i64 * t.lda))?;
+                for j in 0..e {
+                    a.vfmadd231ps(Z[acc(i, j)], Z[30], Z[28 + j])?;
+                }
+            }
+            Ok(())
+        };
+        let mut lp = a.create_label();
+        let mut rest = a.create_label();
+        let mut reduce = a.create_label();
+        a.test(r10, r10)?;
+        a.jz(rest)?;
+        a.set_label(&mut lp)?;
+        step(&mut a, false)?;
+        a.add(rdi, 64)?;
+        a.add(rsi, 64)?;
+        a.dec(r10)?;
+        a.jnz(lp)?;
+        a.set_label(&mut rest)?;
+        a.test(eax, eax)?;
+        a.jz(reduce)?;
+        step(&mut a, true)?;
+        a.set_label(&mut reduce)?;
+        // Each accumulator's lane sum into its lane 0 (the other lanes
+        // zero, so the activation sees no stray values).
+        let tmp = 31;
+        a.mov(eax, 1)?;
+        a.kmovw(k4, eax)?;
+        for r in 0..n {
+            a.vextractf64x4(Y[tmp], Z[r], 1)?;
+            a.vaddps(Y[r], Y[r], Y[tmp])?;
+            a.vextractf32x4(X[tmp], Y[r], 1)?;
+            a.vaddps(X[r], X[r], X[tmp])?;
+            a.vmovhlps(X[tmp], X[tmp], X[r])?;
+            a.vaddps(X[r], X[r], X[tmp])?;
+            a.vmovshdup(X[tmp], X[r])?;
+            a.vaddss(X[r], X[r], X[tmp])?;
+            a.vmovaps(X[r].k4().z(), X[r])?;
+        }
+        let c_at = |i: usize, j: usize| dword_ptr(rdx + (i as i64 * t.ldc + j as i64 * 4));
+        let mut fresh = a.create_label();
+        a.bt(r9, 32)?;
+        a.jae(fresh)?;
+        for i in 0..t.mr {
+            for j in 0..e {
+                a.vaddss(X[acc(i, j)], X[acc(i, j)], c_at(i, j))?;
+            }
+        }
+        a.set_label(&mut fresh)?;
+        let mut store = a.create_label();
+        a.bt(r9, 33)?;
+        a.jae(store)?;
+        let splat =
+            |a: &mut CodeAssembler, r: usize, x: f32| -> std::result::Result<(), IcedError> {
+                a.mov(eax, x.to_bits())?;
+                a.vmovd(X[r], eax)
+            };
+        if t.alpha != 1.0 {
+            splat(&mut a, 29, t.alpha)?;
+            for &r in &X[..n] {
+                a.vmulss(r, r, X[29])?;
+            }
+        }
+        for (operand, base, scale) in [(t.bias, rcx, t.beta), (t.res, r8, 1.0)] {
+            let Some((rs, vec)) = operand else { continue };
+            if scale != 1.0 {
+                splat(&mut a, 30, scale)?;
+            }
+            for i in 0..t.mr {
+                for j in 0..e {
+                    let col = if vec { j as i64 * 4 } else { 0 };
+                    a.vmovss(X[tmp], dword_ptr(base + (i as i64 * rs + col)))?;
+                    if scale != 1.0 {
+                        a.vfmadd231ss(X[acc(i, j)], X[tmp], X[30])?;
+                    } else {
+                        a.vaddss(X[acc(i, j)], X[acc(i, j)], X[tmp])?;
+                    }
+                }
+            }
+        }
+        let accs: Vec<_> = (0..n).map(|r| Z[r]).collect();
+        zact::apply(
+            &mut a,
+            &mut consts,
+            t.act,
+            &accs,
+            [Z[28], Z[29], Z[30], Z[31]],
+        )?;
+        a.set_label(&mut store)?;
+        for i in 0..t.mr {
+            for j in 0..e {
+                a.vmovss(c_at(i, j), X[acc(i, j)])?;
+            }
+        }
+        a.vzeroupper()?;
+        a.ret()?;
+        consts.emit(&mut a)?;
+        a.assemble(0)
+    }
 }
 
+const ZNR_I64: i64 = ZNR as i64;
+
 fn define_tile(lw: &mut Lower, t: &Tile) -> Result<cranelift_module::FuncId> {
-    let bytes =
-        asm::assemble(t).map_err(|e| Error::Internal(format!("assembling GEMM tile: {e}")))?;
+    let bytes = match t.dot {
+        Some(e) => asm::assemble_dot(t, e),
+        None => asm::assemble(t),
+    }
+    .map_err(|e| Error::Internal(format!("assembling GEMM tile: {e}")))?;
     let mut sig = Signature::new(lw.cc);
     sig.params.extend([AbiParam::new(I64); 6]);
     lw.machine_code(&sig, &bytes)
@@ -469,6 +628,8 @@ pub struct Plan {
     tail_rows: usize,
     edge_cols: usize,
     edge_nv: usize,
+    /// The edge panel takes the dot tiles (packed K-major).
+    dot: bool,
     act_in_regs: bool,
     /// A's row stride (elements) as the tiles read it.
     a_rs: i64,
@@ -482,7 +643,10 @@ pub struct Plan {
 
 /// Blocks `g` and defines its tile functions, which read A rows `a_rs`
 /// elements apart (`g.a.rs`, or the depth block where the caller copies A).
-pub fn plan(lw: &mut Lower, g: &Gemm, a_rs: i64) -> Result<Plan> {
+/// With `dot_edge`, an edge panel of at most [`DOT_COLS`] columns takes
+/// the dot-product tiles: the caller packs that panel K-major
+/// ([`pack_dot_edge`]).
+pub fn plan(lw: &mut Lower, g: &Gemm, a_rs: i64, dot_edge: bool) -> Result<Plan> {
     let (m, n, k) = (g.m, g.n, g.k);
     let panels = n.div_ceil(ZNR);
     let mblocks = m.div_ceil(ZMR);
@@ -503,16 +667,26 @@ pub fn plan(lw: &mut Lower, g: &Gemm, a_rs: i64) -> Result<Plan> {
         act: if act_in_regs { g.act } else { Act::None },
         np: 1,
         pstride: (k * ZNR * 4) as i64,
+        dot: None,
     };
+    let dot = dot_edge && uses_dot_edge(n);
     let edge_nv = if edge_cols <= 16 { 1 } else { 2 };
     let mut callees = Vec::new();
-    for nv in [2, edge_nv] {
-        callees.push(define_tile(lw, &tile(ZMR, nv))?);
-        if tail_rows != ZMR {
-            callees.push(define_tile(lw, &tile(tail_rows, nv))?);
-        }
-        if edge_nv == 2 {
+    for edge in [false, true] {
+        let t = |mr| match edge {
+            false => tile(mr, 2),
+            true if dot => Tile {
+                dot: Some(edge_cols),
+                ..tile(mr, 1)
+            },
+            true => tile(mr, edge_nv),
+        };
+        if edge && !dot && edge_nv == 2 {
             break;
+        }
+        callees.push(define_tile(lw, &t(ZMR))?);
+        if tail_rows != ZMR {
+            callees.push(define_tile(lw, &t(tail_rows))?);
         }
     }
     let wide = wide(m, panels, k)
@@ -536,11 +710,38 @@ pub fn plan(lw: &mut Lower, g: &Gemm, a_rs: i64) -> Result<Plan> {
         tail_rows,
         edge_cols,
         edge_nv,
+        dot,
         act_in_regs,
         a_rs,
         wide,
         callees,
     })
+}
+
+/// Whether a GEMM of `n` columns has an edge panel for the dot tiles.
+fn uses_dot_edge(n: usize) -> bool {
+    (1..=DOT_COLS).contains(&(n % ZNR))
+}
+
+/// Rewrites the edge panel of B packed by `gemm::pack_const` (`k` x `n`)
+/// K-major, as the dot tiles read it, where [`plan`] with `dot_edge` will
+/// use them.
+pub fn pack_dot_edge(packed: &mut [u8], k: usize, n: usize) {
+    if !uses_dot_edge(n) {
+        return;
+    }
+    let e = n % ZNR;
+    let base = (n / ZNR) * k * ZNR * 4;
+    let panel = &mut packed[base..base + k * ZNR * 4];
+    let at = |p: &[u8], i: usize| [p[i], p[i + 1], p[i + 2], p[i + 3]];
+    let mut out = vec![0u8; panel.len()];
+    for kk in 0..k {
+        for j in 0..e {
+            let v = at(panel, (kk * ZNR + j) * 4);
+            out[(j * k + kk) * 4..][..4].copy_from_slice(&v);
+        }
+    }
+    panel.copy_from_slice(&out);
 }
 
 /// C = epilogue(A · packed B) with the microkernel; `packed` holds one
@@ -573,7 +774,7 @@ pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
         let g = restride_a(lw, g)?;
         return compute(lw, &g, packed);
     }
-    let pl = plan(lw, g, if copy_a { kc as i64 } else { g.a.rs })?;
+    let pl = plan(lw, g, if copy_a { kc as i64 } else { g.a.rs }, false)?;
     let (panels, mblocks) = (pl.panels, pl.mblocks);
     lw.note_kernel(format!(
         "avx512 gemm {ZMR}x{ZNR} tiles, M={m} N={n} K={k} batch={}, kc={kc}, items {}x{}x{}{}",
@@ -713,7 +914,11 @@ pub fn emit_pass(
     };
     let per = if tail_rows == ZMR { 1 } else { 2 };
     let fns = |edge: bool| {
-        let o = if edge && pl.edge_nv == 1 { per } else { 0 };
+        let o = if edge && (pl.edge_nv == 1 || pl.dot) {
+            per
+        } else {
+            0
+        };
         (refs[o], refs[o + per - 1])
     };
     let p_inner = min_imm(kb, p_hi, panels as i64 - 1);
@@ -729,9 +934,11 @@ pub fn emit_pass(
     }
     let k0 = (kbi * kc) as i64;
     // A tile function's arguments for the tile at row `r0` of panel `p`.
-    let tile_args = |kb: &mut Kb, p: Value, r0: Value, ctlv: Value| {
+    let tile_args = |kb: &mut Kb, p: Value, r0: Value, ctlv: Value, edge: bool| {
         let bpan = kb.gep(base.b, p, (k * ZNR * 4) as i64);
-        let bpan = kb.addi(bpan, k0 * (ZNR as i64) * 4);
+        // Row k0 of the panel block ([K][32], or [cols][K] for the dot tiles).
+        let row = if edge && pl.dot { 1 } else { ZNR as i64 };
+        let bpan = kb.addi(bpan, k0 * row * 4);
         let j0 = kb.muli(p, ZNR as i64);
         let a = kb.gep(base.a, r0, pl.a_rs * 4);
         let c = tile_ptr(kb, base.c, &g.c, r0, j0);
@@ -758,7 +965,7 @@ pub fn emit_pass(
                 let pf = kb.b.ins().ishl_imm_u(pf, i64::from(CTL_PREFETCH));
                 kb.b.ins().bor(ctlv, pf)
             };
-            let args = tile_args(kb, p, r0, ctlv);
+            let args = tile_args(kb, p, r0, ctlv, edge);
             let c = args[2];
             let post = |kb: &mut Kb, rows: usize| {
                 if last && !pl.act_in_regs {
@@ -796,7 +1003,7 @@ pub fn emit_pass(
             let ctlv = kb.i(ctl | u32::MAX as i64);
             kb.for_range(p_lo, p_mid, WIDE_PANELS as i64, |kb, p| {
                 let r0 = kb.i(0);
-                let args = tile_args(kb, p, r0, ctlv);
+                let args = tile_args(kb, p, r0, ctlv, false);
                 kb.b.ins().call(refs[w], &args);
                 if last && !pl.act_in_regs {
                     post_act(kb, g, args[2], tail_rows, WIDE_PANELS * ZNR);
@@ -903,6 +1110,7 @@ mod tests {
                 act,
                 np: 1,
                 pstride: 0,
+                dot: None,
             };
             let code = asm::assemble(&t).expect("assembles");
             // The function ends with `ret`, then the constants it reads
