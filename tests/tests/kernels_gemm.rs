@@ -468,8 +468,9 @@ type PoolCase = ([usize; 4], [i64; 2], [i64; 2], [i64; 4], [i64; 2], i64);
 #[test]
 fn channels_last_max_pool() {
     let mut rng = SplitMix64::new(9);
-    let cases: [PoolCase; 5] = [
+    let cases: [PoolCase; 6] = [
         ([1, 12, 11, 8], [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], 0),
+        ([1, 5, 21, 40], [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 0),
         ([2, 6, 6, 5], [2, 2], [2, 2], [0, 0, 0, 0], [1, 1], 0),
         ([1, 7, 8, 4], [3, 2], [2, 2], [0, 1, 1, 0], [1, 1], 1),
         ([1, 9, 9, 6], [3, 3], [1, 1], [2, 2, 2, 2], [2, 2], 0),
@@ -486,6 +487,44 @@ fn channels_last_max_pool() {
             ("layout", Attr::String("NHWC".into())),
         ];
         check("MaxPool", 12, &attrs, vec![In(x)]);
+    }
+}
+
+/// Channels-last MaxPool skips NaNs as the interpreter does: NaN only
+/// where every tap inside the input is NaN (here a whole 3x3 window of
+/// one channel, and a corner window whose other taps are padding), in
+/// the machine-code interior and the CLIF edges alike.
+#[test]
+fn channels_last_max_pool_skips_nans() {
+    let mut rng = SplitMix64::new(10);
+    let (h, w, c) = (6, 20, 20);
+    let mut v: Vec<f64> = (0..h * w * c).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let at = |y: usize, x: usize, ch: usize| (y * w + x) * c + ch;
+    for (i, x) in v.iter_mut().enumerate() {
+        if i % 7 == 3 {
+            *x = f64::NAN;
+        }
+    }
+    for (y, x) in (2..5).flat_map(|y| (8..11).map(move |x| (y, x))) {
+        v[at(y, x, 3)] = f64::NAN;
+    }
+    for (y, x) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+        v[at(y, x, 5)] = f64::NAN;
+    }
+    let x = Tensor::from_f64s(DType::F32, &[1, h, w, c], &v).unwrap();
+    let attrs = [
+        ("kernel_shape", Attr::Ints(vec![3, 3])),
+        ("pads", Attr::Ints(vec![1; 4])),
+        ("layout", Attr::String("NHWC".into())),
+    ];
+    let (want, got) = outputs("MaxPool", 12, &attrs, vec![In(x)]);
+    assert!(want[at(3, 9, 3)].is_nan() && want[at(0, 0, 5)].is_nan());
+    assert_eq!(want.iter().filter(|x| x.is_nan()).count(), 2);
+    for (name, got) in got {
+        for (k, (w, g)) in want.iter().zip(&got).enumerate() {
+            let same = if w.is_nan() { g.is_nan() } else { w == g };
+            assert!(same, "MaxPool on {name}: element {k}: {g} != {w}");
+        }
     }
 }
 

@@ -2,8 +2,10 @@
 //! weights, `layout = "NHWC"`): each output channel filters its own input
 //! channel, so the kernel is vectorized over channels (f32x4, scalar tail)
 //! instead of going through a GEMM with one row per group. Channels-last
-//! MaxPool (without Indices) is the same window walk with max instead of
-//! multiply-add and a -inf row for the padding.
+//! MaxPool (without Indices) is the same window walk with a maximum that
+//! skips NaNs instead of multiply-add (the interpreter's rule: NaN only
+//! where every tap is NaN), from NaN, and a NaN row for the padding, which
+//! the maximum then skips.
 //!
 //! Weights are repacked at compile time tap-major (`[KH*KW][C]`), so one
 //! vector load gives a tap's weights for four channels. Work items are
@@ -17,7 +19,7 @@
 //! zero row. Bias, residual and the activation are applied in registers
 //! before the store.
 
-use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::types::{F32, F32X4, I64};
 use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value};
 
@@ -108,10 +110,16 @@ pub fn lower_maxpool(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     };
     let wshape = [c, 1, kh as usize, kw as usize];
     let geo = conv_geom_of(cx.attrs(), &[n, c, h, wd], &wshape, &[n, c, oh, ow])?;
-    let pad = lw.data(f32::NEG_INFINITY.to_le_bytes().repeat(wd * c))?;
+    let pad = lw.data(f32::NAN.to_le_bytes().repeat(wd * c))?;
     lw.note_kernel(format!(
-        "max pool nhwc f32x4 {kh}x{kw} stride {:?} dilation {:?}",
-        geo.strides, geo.dil
+        "max pool nhwc {} {kh}x{kw} stride {:?} dilation {:?}",
+        if zdepthwise::fits(lw, kh as usize, Act::None) {
+            "avx512 interior"
+        } else {
+            "f32x4"
+        },
+        geo.strides,
+        geo.dil
     ));
     let bufs = vec![x.buf, x.buf, pad, out.buf];
     emit(
@@ -202,7 +210,7 @@ fn emit(
     let pix = (c * 4) as i64;
     let row_bytes = wd as i64 * pix;
     let orow = (c * 4) as i64;
-    let fast = (mode == Mode::Conv && zdepthwise::fits(lw, kh, act))
+    let fast = zdepthwise::fits(lw, kh, act)
         .then(|| {
             zdepthwise::define(
                 lw,
@@ -216,6 +224,7 @@ fn emit(
                     bias: bias_arg.is_some(),
                     res: res_arg.is_some(),
                     act,
+                    max: mode == Mode::Max,
                 },
             )
         })
@@ -286,6 +295,15 @@ fn emit(
             cx.range(kb, hi, ow, 1, true);
         });
     })
+}
+
+/// `max(acc, v)` where a NaN operand yields the other one.
+fn max_skipping_nan(kb: &mut Kb, acc: Value, v: Value) -> Value {
+    let m = kb.b.ins().fmax(acc, v);
+    let acc_nan = kb.b.ins().fcmp(FloatCC::Unordered, acc, acc);
+    let t = kb.sel(acc_nan, v, m);
+    let v_nan = kb.b.ins().fcmp(FloatCC::Unordered, v, v);
+    kb.sel(v_nan, acc, t)
 }
 
 /// An output row's operands.
@@ -360,7 +378,7 @@ impl Cols<'_> {
             let cb = kb.muli(ch, 4);
             let wch = kb.b.ins().iadd(self.w, cb);
             let bias = match (self.mode, self.bias) {
-                (Mode::Max, _) => kb.constant(ty, f64::NEG_INFINITY),
+                (Mode::Max, _) => kb.constant(ty, f64::NAN),
                 (Mode::Conv, Some(p)) => {
                     let a = kb.b.ins().iadd(p, cb);
                     kb.b.ins().load(ty, mem(), a, 0)
@@ -385,7 +403,7 @@ impl Cols<'_> {
                         let v = kb.b.ins().load(ty, mem(), addr, 0);
                         *slot = match wgt {
                             Some(wgt) => kb.fmadd(v, wgt, *slot),
-                            None => kb.b.ins().fmax(*slot, v),
+                            None => max_skipping_nan(kb, *slot, v),
                         };
                     }
                 }
