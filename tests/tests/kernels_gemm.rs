@@ -109,6 +109,9 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (15, 300, 65),
     (29, 517, 70),
     (3, 1000, 17),
+    // Edge panels of 1-2 columns (33, 65 above): the dot tiles.
+    (5, 40, 2),
+    (17, 200, 66),
     // At most 3 rows over more than 4 panels: the wide tiles (4 panels
     // each), then single panels, then the edge.
     (1, 300, 200),

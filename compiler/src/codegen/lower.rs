@@ -109,6 +109,9 @@ pub struct Lower<'m> {
     /// Weight panels packed for the bf16 GEMM (`kernels/bf16gemm.rs`,
     /// `kernels/bfmmla.rs`).
     pub bf16_packed: Vec<Buf>,
+    /// Constant B panels for the AVX-512 GEMM whose narrow edge panel is
+    /// packed K-major for its dot tiles (`zgemm::pack_dot_edge`).
+    pub dot_packed: Vec<Buf>,
     /// Some kernel uses AMX tiles: `N_run` asks the kernel for permission.
     pub uses_amx: bool,
     /// The current node's bf16 GEMM scratch (offset, bytes), shared by its
@@ -150,6 +153,7 @@ impl<'m> Lower<'m> {
             bf16: None,
             bfmmla: false,
             bf16_packed: Vec::new(),
+            dot_packed: Vec::new(),
             uses_amx: false,
             bf16_scratch: None,
             zcopy: None,

@@ -121,7 +121,8 @@ pub fn panel_width(lw: &Lower, g: &Gemm) -> usize {
 /// Packs the constant B (`b[o + kk * rs + j * cs]`, one panel set per
 /// batch offset `o`) into read-only data for the kernel `run` will pick:
 /// bf16 panels under `--fast-math bf16` (`bf16gemm`), else f32 panels of
-/// `panel_width(lw, g)` columns.
+/// `panel_width(lw, g)` columns (for the AVX-512 kernel with a narrow
+/// edge panel packed K-major, `zgemm::pack_dot_edge`).
 #[allow(clippy::too_many_arguments)]
 pub fn pack_weights(
     lw: &mut Lower,
@@ -146,11 +147,20 @@ pub fn pack_weights(
         return Ok(buf);
     }
     let nr = panel_width(lw, g);
+    let dot = zgemm::fits(lw, g);
     let mut bytes = Vec::new();
     for &o in offs {
-        bytes.extend(pack_const(&b[o as usize..], k, n, rs, cs, nr));
+        let mut set = pack_const(&b[o as usize..], k, n, rs, cs, nr);
+        if dot {
+            zgemm::pack_dot_edge(&mut set, k, n);
+        }
+        bytes.extend(set);
     }
-    lw.data(bytes)
+    let buf = lw.data(bytes)?;
+    if dot {
+        lw.dot_packed.push(buf);
+    }
+    Ok(buf)
 }
 
 /// C = epilogue(A · packed B), `packed` in `panel_width(lw, g)` panels

@@ -745,7 +745,8 @@ pub fn pack_dot_edge(packed: &mut [u8], k: usize, n: usize) {
 }
 
 /// C = epilogue(A · packed B) with the microkernel; `packed` holds one
-/// panel set of `packed_len(n, k, ZNR)` floats per batch element.
+/// panel set of `packed_len(n, k, ZNR)` floats per batch element (its edge
+/// panel K-major where `lw.dot_packed` lists it).
 pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
     let (m, n, k) = (g.m, g.n, g.k);
     let kc = depth_block(lw, k);
@@ -774,7 +775,8 @@ pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
         let g = restride_a(lw, g)?;
         return compute(lw, &g, packed);
     }
-    let pl = plan(lw, g, if copy_a { kc as i64 } else { g.a.rs }, false)?;
+    let dot = lw.dot_packed.contains(&packed);
+    let pl = plan(lw, g, if copy_a { kc as i64 } else { g.a.rs }, dot)?;
     let (panels, mblocks) = (pl.panels, pl.mblocks);
     lw.note_kernel(format!(
         "avx512 gemm {ZMR}x{ZNR} tiles, M={m} N={n} K={k} batch={}, kc={kc}, items {}x{}x{}{}",
