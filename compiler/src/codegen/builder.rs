@@ -16,9 +16,6 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 
 use crate::ir::DType;
 
-/// Floats up to which a copy of compile-time length is inlined.
-const INLINE_F32: usize = 32;
-
 /// The `cpucc_task` signature shared by every kernel.
 pub fn task_signature(cc: CallConv) -> Signature {
     let mut s = Signature::new(cc);
@@ -197,45 +194,6 @@ impl<'a> Kb<'a> {
             let d = kb.gep(dst, j, 4);
             kb.b.ins().store(mem(), v, d, 0);
         });
-    }
-
-    /// [`Kb::copy_f32`] of a length known at compile time: up to
-    /// `INLINE_F32` floats inline as f32x4 moves (the last one
-    /// overlapping), which a call costs more than; longer through
-    /// `copy_f32`. The stem convolution of ResNet-50 gathers one 21-float
-    /// run per kernel row and output position: 88k calls per image.
-    pub fn copy_f32_n(&mut self, src: Value, dst: Value, len: usize) {
-        self.fill_f32_n(Some(src), dst, len);
-    }
-
-    /// [`Kb::zero_f32`] of a length known at compile time (see
-    /// [`Kb::copy_f32_n`]).
-    pub fn zero_f32_n(&mut self, dst: Value, len: usize) {
-        self.fill_f32_n(None, dst, len);
-    }
-
-    /// `len` floats from `src`, or zeros, to `dst`.
-    fn fill_f32_n(&mut self, src: Option<Value>, dst: Value, len: usize) {
-        if len > INLINE_F32 {
-            let n = self.i(len as i64);
-            match src {
-                Some(s) => self.copy_f32(s, dst, n),
-                None => self.zero_f32(dst, n),
-            }
-            return;
-        }
-        let (ty, step) = if len >= 4 { (F32X4, 4) } else { (F32, 1) };
-        let mut at = 0;
-        while at < len {
-            // The last vector ends at `len`, overlapping the one before.
-            let off = (at.min(len - step) * 4) as i32;
-            let v = match src {
-                Some(s) => self.b.ins().load(ty, mem(), s, off),
-                None => self.constant(ty, 0.0),
-            };
-            self.b.ins().store(mem(), v, dst, off);
-            at += step;
-        }
     }
 
     /// Stores `len` f32 zeros at `dst`.

@@ -297,7 +297,8 @@ fn gather_cols(
         let src = kb.gep(xp, px, (c * 4) as i64);
         let src = kb.addi(src, ((lo - a * span) * 4) as i64);
         let dst = kb.addi(row, ((lo - k0) * 4) as i64);
-        kb.copy_f32_n(src, dst, hi - lo);
+        let n = kb.i((hi - lo) as i64);
+        kb.copy_f32(src, dst, n);
         kb.b.ins().jump(done, &[]);
         kb.b.switch_to_block(edge);
         taps(kb);
@@ -313,12 +314,13 @@ fn copy_or_zero(kb: &mut Kb, ok: Value, src: Value, dst: Value, len: usize) {
         kb.b.create_block(),
         kb.b.create_block(),
     );
+    let n = kb.i(len as i64);
     kb.b.ins().brif(ok, yes, &[], no, &[]);
     kb.b.switch_to_block(yes);
-    kb.copy_f32_n(src, dst, len);
+    kb.copy_f32(src, dst, n);
     kb.b.ins().jump(done, &[]);
     kb.b.switch_to_block(no);
-    kb.zero_f32_n(dst, len);
+    kb.zero_f32(dst, n);
     kb.b.ins().jump(done, &[]);
     kb.b.switch_to_block(done);
 }
