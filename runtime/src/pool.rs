@@ -8,8 +8,9 @@
 //! when all are done. A call allocates nothing: the job lives in one
 //! preallocated slot. Waiting threads spin for up to `PoolOptions::spin`
 //! microseconds (a model issues its parallel loops back to back; see
-//! [`spin_until`]), then park on a condition variable. With tracing on, every chunk's start and end ticks
-//! ([`crate::clock`]) go into a preallocated per-thread record buffer.
+//! [`spin_until`]), then park on a condition variable. With tracing on,
+//! every chunk's start and end ticks ([`crate::clock`]) go into a
+//! preallocated per-thread record buffer.
 //!
 //! Concurrency: calls from several threads on one pool are serialized by a
 //! mutex (one job at a time per pool; use a pool per caller for
@@ -223,18 +224,18 @@ impl Shared {
     }
 }
 
-/// Busy-waits up to `spin_us` microseconds for `ready`, and says whether
-/// it came. The first [`PURE_SPIN`] only `pause`; after that every check
+/// Busy-waits up to `spin_us` microseconds for `ready` (the caller then
+/// checks it again under its lock before parking). The first [`PURE_SPIN`] only `pause`; after that every check
 /// also yields the core, so on an oversubscribed machine a runnable thread
 /// (possibly the one being waited for) gets it. The budget is time, not a
 /// count of `pause`s, whose latency ranges from ~10 to ~140 cycles between
 /// x86 generations: 100 of them (1.3 us here) parked the workers between
 /// MobileNetV2's steps, and 2 threads ran it slower than one (5.96 ms vs
 /// 5.5; 3.0 ms spinning longer).
-fn spin_until(spin_us: u32, ready: impl Fn() -> bool) -> bool {
+fn spin_until(spin_us: u32, ready: impl Fn() -> bool) {
     const PAUSES: usize = 16;
     if ready() {
-        return true;
+        return;
     }
     let start = Instant::now();
     let budget = Duration::from_micros(spin_us.into());
@@ -242,12 +243,12 @@ fn spin_until(spin_us: u32, ready: impl Fn() -> bool) -> bool {
         for _ in 0..PAUSES {
             spin_loop();
             if ready() {
-                return true;
+                return;
             }
         }
         let waited = start.elapsed();
         if waited >= budget {
-            return ready();
+            return;
         }
         if waited >= PURE_SPIN {
             std::thread::yield_now();

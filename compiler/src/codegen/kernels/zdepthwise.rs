@@ -130,12 +130,12 @@ fn channels(
     u: usize,
     part: bool,
 ) -> std::result::Result<(), IcedError> {
-    let pix = (sh.c * 4) as i64;
-    let acc = &ACC[..u];
-    let w = zmm8;
     if sh.max {
         return max_channels(a, sh, u, part);
     }
+    let pix = (sh.c * 4) as i64;
+    let acc = &ACC[..u];
+    let w = zmm8;
     if sh.bias {
         let src = zmmword_ptr(r11 + rax);
         if part {

@@ -627,7 +627,9 @@ pub struct Plan {
     klast: usize,
     tail_rows: usize,
     edge_cols: usize,
-    edge_nv: usize,
+    /// The edge panel has tile functions of its own: one-vector tiles
+    /// (at most 16 columns), or the dot tiles.
+    edge_fns: bool,
     /// The edge panel takes the dot tiles (packed K-major).
     dot: bool,
     act_in_regs: bool,
@@ -670,23 +672,23 @@ pub fn plan(lw: &mut Lower, g: &Gemm, a_rs: i64, dot_edge: bool) -> Result<Plan>
         dot: None,
     };
     let dot = dot_edge && uses_dot_edge(n);
-    let edge_nv = if edge_cols <= 16 { 1 } else { 2 };
+    let rows: &[usize] = if tail_rows == ZMR {
+        &[ZMR]
+    } else {
+        &[ZMR, tail_rows]
+    };
     let mut callees = Vec::new();
-    for edge in [false, true] {
-        let t = |mr| match edge {
-            false => tile(mr, 2),
-            true if dot => Tile {
-                dot: Some(edge_cols),
+    for &mr in rows {
+        callees.push(define_tile(lw, &tile(mr, 2))?);
+    }
+    let edge_fns = dot || edge_cols <= 16;
+    if edge_fns {
+        for &mr in rows {
+            let t = Tile {
+                dot: dot.then_some(edge_cols),
                 ..tile(mr, 1)
-            },
-            true => tile(mr, edge_nv),
-        };
-        if edge && !dot && edge_nv == 2 {
-            break;
-        }
-        callees.push(define_tile(lw, &t(ZMR))?);
-        if tail_rows != ZMR {
-            callees.push(define_tile(lw, &t(tail_rows))?);
+            };
+            callees.push(define_tile(lw, &t)?);
         }
     }
     let wide = wide(m, panels, k)
@@ -709,7 +711,7 @@ pub fn plan(lw: &mut Lower, g: &Gemm, a_rs: i64, dot_edge: bool) -> Result<Plan>
         klast: k - (kblocks - 1) * kc,
         tail_rows,
         edge_cols,
-        edge_nv,
+        edge_fns,
         dot,
         act_in_regs,
         a_rs,
@@ -730,18 +732,17 @@ pub fn pack_dot_edge(packed: &mut [u8], k: usize, n: usize) {
     if !uses_dot_edge(n) {
         return;
     }
-    let e = n % ZNR;
     let base = (n / ZNR) * k * ZNR * 4;
     let panel = &mut packed[base..base + k * ZNR * 4];
-    let at = |p: &[u8], i: usize| [p[i], p[i + 1], p[i + 2], p[i + 3]];
-    let mut out = vec![0u8; panel.len()];
+    let rows = panel.to_vec();
+    panel.fill(0);
     for kk in 0..k {
-        for j in 0..e {
-            let v = at(panel, (kk * ZNR + j) * 4);
-            out[(j * k + kk) * 4..][..4].copy_from_slice(&v);
+        for j in 0..n % ZNR {
+            let from = (kk * ZNR + j) * 4;
+            let to = (j * k + kk) * 4;
+            panel[to..to + 4].copy_from_slice(&rows[from..from + 4]);
         }
     }
-    panel.copy_from_slice(&out);
 }
 
 /// C = epilogue(A · packed B) with the microkernel; `packed` holds one
@@ -916,11 +917,7 @@ pub fn emit_pass(
     };
     let per = if tail_rows == ZMR { 1 } else { 2 };
     let fns = |edge: bool| {
-        let o = if edge && (pl.edge_nv == 1 || pl.dot) {
-            per
-        } else {
-            0
-        };
+        let o = if edge && pl.edge_fns { per } else { 0 };
         (refs[o], refs[o + per - 1])
     };
     let p_inner = min_imm(kb, p_hi, panels as i64 - 1);
