@@ -246,10 +246,12 @@ pub(super) fn emit(
                 let r = Ranges {
                     p: (kb.i(0), kb.i(pl.panels as i64)),
                     mb: (mb_lo, mb_hi),
-                    tail_mb: kb.i(mblocks as i64 - 1),
+                    rows: zgemm::Rows::Linear {
+                        tail_mb: kb.i(mblocks as i64 - 1),
+                    },
                 };
-                for kbi in 0..pl.kblocks {
-                    let a = kb.addi(a, (kbi * pl.kc * 4) as i64);
+                for (kbi, &(k0, _)) in pl.blocks.iter().enumerate() {
+                    let a = kb.addi(a, (k0 * 4) as i64);
                     let base = Bases {
                         a,
                         b: bp,

@@ -14,6 +14,7 @@ use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value};
 
 use super::NodeCx;
 use super::bf16gemm;
+use super::conv_direct;
 use super::gemm::{self, Gemm, Mat};
 use super::linalg::{ConvGeom, activation, conv_geom_of};
 use super::zgemm;
@@ -114,6 +115,17 @@ pub fn lower(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     if let Some((g, geo)) = bf16_gather(lw, &gemm_for, x.buf, (n, h, wd, c), ow, &geo) {
         let packed = gemm::pack_weights(lw, &g, &bmat, &[0], kk, o, o, 1)?;
         return bf16gemm::conv(lw, &g, packed, &geo);
+    }
+    if let Some(d) = conv_direct::Direct::new(lw, (n, h, wd, c), &geo) {
+        let a = Mat {
+            buf: x.buf,
+            rs: c as i64,
+            cs: 1,
+        };
+        let g = d.gemm(gemm_for(p, a, kk, 0), x.buf);
+        if zgemm::fits(lw, &g) {
+            return conv_direct::lower(lw, &g, &d, &bmat);
+        }
     }
     if lw.avx512 {
         // A is the gathered depth block: rows of `kc` columns.
@@ -448,10 +460,12 @@ fn blocked(
             let ranges = zgemm::Ranges {
                 p: (p_lo, kb.b.ins().select(lt, p_hi, np)),
                 mb: (z, mb_hi),
-                tail_mb: kb.b.ins().isub(last, first),
+                rows: zgemm::Rows::Linear {
+                    tail_mb: kb.b.ins().isub(last, first),
+                },
             };
-            for kbi in 0..pl.kblocks {
-                let cols = (kbi * kc, kk.min((kbi + 1) * kc));
+            for (kbi, &(k0, len)) in pl.blocks.iter().enumerate() {
+                let cols = (k0, k0 + len);
                 kb.for_range(z, rows, 1, |kb, i| {
                     let pos = kb.b.ins().iadd(r0, i);
                     let r = kb.b.ins().udiv_imm_u(pos, ow as i64);

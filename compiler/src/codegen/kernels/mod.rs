@@ -7,6 +7,7 @@ mod attention_zgemm;
 mod bf16gemm;
 mod bfmmla;
 mod chain;
+mod conv_direct;
 mod conv_nhwc;
 mod conv_transpose;
 mod depthwise;

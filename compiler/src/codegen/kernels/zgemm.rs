@@ -54,7 +54,7 @@ const COPY_A_MIN_COLS: usize = 256;
 /// ways on recent cores, about half of them taken by the B panel block),
 /// as when rows are a multiple of 2 KiB apart. Each row's cache line is
 /// then evicted before its next depth step reads it.
-fn set_conflicts(rs: i64, m: usize) -> bool {
+pub(super) fn set_conflicts(rs: i64, m: usize) -> bool {
     let mut per_set = [0usize; 64];
     for i in 0..m.min(ZMR) as i64 {
         per_set[((i * rs * 4).rem_euclid(4096) / 64) as usize] += 1;
@@ -622,9 +622,11 @@ fn imbalance(batch: usize, panels: usize, mblocks: usize, groups: usize, mparts:
 pub struct Plan {
     pub panels: usize,
     mblocks: usize,
+    /// The longest depth block.
     pub kc: usize,
-    pub kblocks: usize,
-    klast: usize,
+    /// Depth blocks as (first depth, depth): a panel's block stays in L1
+    /// while the tiles walk the rows.
+    pub blocks: Vec<(usize, usize)>,
     tail_rows: usize,
     edge_cols: usize,
     /// The edge panel has tile functions of its own: one-vector tiles
@@ -649,11 +651,45 @@ pub struct Plan {
 /// the dot-product tiles: the caller packs that panel K-major
 /// ([`pack_dot_edge`]).
 pub fn plan(lw: &mut Lower, g: &Gemm, a_rs: i64, dot_edge: bool) -> Result<Plan> {
-    let (m, n, k) = (g.m, g.n, g.k);
+    let kc = depth_block(lw, g.k);
+    let blocks = (0..g.k.div_ceil(kc))
+        .map(|i| (i * kc, kc.min(g.k - i * kc)))
+        .collect();
+    plan_tiles(lw, g, a_rs, dot_edge, g.m, blocks, true)
+}
+
+/// A plan for tiles that walk rows of `line` positions (at most
+/// [`ZMR`] per tile, the last of a line taking the tail rows; see
+/// [`Rows::Grid`]), whose depth runs in segments of `seg` (a convolution's
+/// kernel row): no depth block straddles two, since the tiles read each
+/// segment's A at its own origin.
+pub fn plan_lines(lw: &mut Lower, g: &Gemm, a_rs: i64, line: usize, seg: usize) -> Result<Plan> {
+    let kc = depth_block(lw, seg);
+    let per = seg.div_ceil(kc);
+    let len = seg.div_ceil(per).next_multiple_of(4).min(seg);
+    let blocks = (0..g.k / seg)
+        .flat_map(|s| {
+            (0..seg)
+                .step_by(len)
+                .map(move |i| (s * seg + i, len.min(seg - i)))
+        })
+        .collect();
+    plan_tiles(lw, g, a_rs, true, line, blocks, false)
+}
+
+fn plan_tiles(
+    lw: &mut Lower,
+    g: &Gemm,
+    a_rs: i64,
+    dot_edge: bool,
+    m: usize,
+    blocks: Vec<(usize, usize)>,
+    may_widen: bool,
+) -> Result<Plan> {
+    let (n, k) = (g.n, g.k);
     let panels = n.div_ceil(ZNR);
     let mblocks = m.div_ceil(ZMR);
-    let kc = depth_block(lw, k);
-    let kblocks = k.div_ceil(kc);
+    let kc = blocks.iter().map(|b| b.1).max().unwrap_or(0);
     let tail_rows = m - (mblocks - 1) * ZMR;
     let act_in_regs = zact::in_registers(g.act);
     let edge_cols = n - (panels - 1) * ZNR;
@@ -691,7 +727,7 @@ pub fn plan(lw: &mut Lower, g: &Gemm, a_rs: i64, dot_edge: bool) -> Result<Plan>
             callees.push(define_tile(lw, &t)?);
         }
     }
-    let wide = wide(m, panels, k)
+    let wide = (may_widen && wide(m, panels, k))
         .then(|| {
             callees.push(define_tile(
                 lw,
@@ -707,8 +743,7 @@ pub fn plan(lw: &mut Lower, g: &Gemm, a_rs: i64, dot_edge: bool) -> Result<Plan>
         panels,
         mblocks,
         kc,
-        kblocks,
-        klast: k - (kblocks - 1) * kc,
+        blocks,
         tail_rows,
         edge_cols,
         edge_fns,
@@ -855,10 +890,9 @@ pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
             let r = Ranges {
                 p: (p_lo, p_hi),
                 mb: (mb_lo, mb_hi),
-                tail_mb,
+                rows: Rows::Linear { tail_mb },
             };
-            for kbi in 0..pl.kblocks {
-                let k0 = kbi * kc;
+            for (kbi, &(k0, len)) in pl.blocks.iter().enumerate() {
                 let Some(buf) = buf else {
                     let a = kb.addi(base.a, (k0 * 4) as i64);
                     emit_pass(kb, g, &pl, refs, &Bases { a, ..base }, &r, kbi);
@@ -867,7 +901,7 @@ pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
                 let r_lo = kb.muli(mb_lo, ZMR as i64);
                 let r_hi = kb.muli(mb_hi, ZMR as i64);
                 let r_hi = min_imm(kb, r_hi, m as i64);
-                let len = kb.i((k.min(k0 + kc) - k0) as i64);
+                let len = kb.i(len as i64);
                 kb.for_range(r_lo, r_hi, 1, |kb, row| {
                     let src = kb.gep(base.a, row, g.a.rs * 4);
                     let src = kb.addi(src, (k0 * 4) as i64);
@@ -885,19 +919,35 @@ pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
     })
 }
 
-/// Value ranges of one work item's tiles: panels `[p.0, p.1)`, row blocks
-/// `[mb.0, mb.1)`, and the row block that takes the tail-rows function.
+/// Value ranges of one work item's tiles: panels `[p.0, p.1)` and tiles
+/// `[mb.0, mb.1)` laid out as `rows` says.
 pub struct Ranges {
     pub p: (Value, Value),
     pub mb: (Value, Value),
-    pub tail_mb: Value,
+    pub rows: Rows,
 }
 
-/// Emits depth block `kbi` of the tiles of panels `r.p` by row blocks
-/// `r.mb` (of [`ZMR`] rows from `base`'s row origin); row block
-/// `r.tail_mb` takes the tail-rows function. `base.a` holds just this
-/// depth block's columns, rows `pl.a_rs` apart. `refs` are the kernel's
-/// references to `pl.callees`.
+/// Where tile `mb` of a work item reads A and writes C.
+pub enum Rows {
+    /// Rows `mb * ZMR..` of A and C (A rows `Plan::a_rs` apart); tile
+    /// `tail_mb` takes the tail-rows function.
+    Linear { tail_mb: Value },
+    /// Lines of `line` C rows (the plan's `m`), `per_line` tiles each,
+    /// the last taking the tail-rows function: tile `mb` is tile
+    /// `mb % per_line` of line `mb / per_line`, whose A rows start
+    /// `a_pitch` bytes after the previous line's (a direct convolution:
+    /// a line is an output row, read from the input rows it covers).
+    Grid {
+        per_line: i64,
+        line: i64,
+        a_pitch: i64,
+    },
+}
+
+/// Emits depth block `kbi` (`pl.blocks[kbi]`) of the tiles of panels
+/// `r.p` by tiles `r.mb` (from `base`'s row origin, laid out as `r.rows`
+/// says). `base.a` holds just this depth block's columns, rows `pl.a_rs`
+/// apart. `refs` are the kernel's references to `pl.callees`.
 pub fn emit_pass(
     kb: &mut Kb,
     g: &Gemm,
@@ -907,9 +957,9 @@ pub fn emit_pass(
     r: &Ranges,
     kbi: usize,
 ) {
-    let (panels, kc, k) = (pl.panels, pl.kc, g.k);
+    let (panels, k) = (pl.panels, g.k);
     let (tail_rows, edge_cols) = (pl.tail_rows, pl.edge_cols);
-    let ((p_lo, p_hi), (mb_lo, mb_hi), tail_mb) = (r.p, r.mb, r.tail_mb);
+    let ((p_lo, p_hi), (mb_lo, mb_hi)) = (r.p, r.mb);
     let edge_mask = if edge_cols == 32 {
         u32::MAX as i64
     } else {
@@ -922,8 +972,8 @@ pub fn emit_pass(
     };
     let p_inner = min_imm(kb, p_hi, panels as i64 - 1);
     let has_edge = kb.b.ins().icmp_imm_s(IntCC::Equal, p_hi, panels as i64);
-    let last = kbi == pl.kblocks - 1;
-    let depth = if last { pl.klast } else { kc };
+    let last = kbi == pl.blocks.len() - 1;
+    let (k0, depth) = pl.blocks[kbi];
     let mut ctl = (depth as i64) << CTL_DEPTH;
     if kbi > 0 {
         ctl |= 1 << 32;
@@ -931,15 +981,14 @@ pub fn emit_pass(
     if last {
         ctl |= 1 << 33;
     }
-    let k0 = (kbi * kc) as i64;
-    // A tile function's arguments for the tile at row `r0` of panel `p`.
-    let tile_args = |kb: &mut Kb, p: Value, r0: Value, ctlv: Value, edge: bool| {
+    // A tile function's arguments for the tile of panel `p` at row `r0`
+    // of C, whose A rows start at `a`.
+    let tile_args = |kb: &mut Kb, p: Value, (a, r0): (Value, Value), ctlv: Value, edge: bool| {
         let bpan = kb.gep(base.b, p, (k * ZNR * 4) as i64);
         // Row k0 of the panel block ([K][32], or [cols][K] for the dot tiles).
         let row = if edge && pl.dot { 1 } else { ZNR as i64 };
-        let bpan = kb.addi(bpan, k0 * row * 4);
+        let bpan = kb.addi(bpan, k0 as i64 * row * 4);
         let j0 = kb.muli(p, ZNR as i64);
-        let a = kb.gep(base.a, r0, pl.a_rs * 4);
         let c = tile_ptr(kb, base.c, &g.c, r0, j0);
         let bias = opt_ptr(kb, base.bias, g.bias.as_ref(), r0, j0);
         let res = opt_ptr(kb, base.res, g.residual.as_ref(), r0, j0);
@@ -951,7 +1000,7 @@ pub fn emit_pass(
         let ctlv = kb.i(ctl | if edge { edge_mask } else { u32::MAX as i64 });
         let cols = if edge { edge_cols } else { ZNR };
         kb.for_range(mb_lo, mb_hi, 1, |kb, mb| {
-            let r0 = kb.muli(mb, ZMR as i64);
+            let (at, is_tail) = tile_at(kb, pl, base.a, &r.rows, mb);
             // The first row block prefetches the next panel of the item.
             let ctlv = if edge {
                 ctlv
@@ -964,7 +1013,7 @@ pub fn emit_pass(
                 let pf = kb.b.ins().ishl_imm_u(pf, i64::from(CTL_PREFETCH));
                 kb.b.ins().bor(ctlv, pf)
             };
-            let args = tile_args(kb, p, r0, ctlv, edge);
+            let args = tile_args(kb, p, at, ctlv, edge);
             let c = args[2];
             let post = |kb: &mut Kb, rows: usize| {
                 if last && !pl.act_in_regs {
@@ -975,7 +1024,6 @@ pub fn emit_pass(
                 kb.b.ins().call(full_fn, &args);
                 post(kb, ZMR);
             } else {
-                let is_tail = kb.b.ins().icmp(IntCC::Equal, mb, tail_mb);
                 let tb = kb.b.create_block();
                 let fb = kb.b.create_block();
                 let done = kb.b.create_block();
@@ -1002,7 +1050,7 @@ pub fn emit_pass(
             let ctlv = kb.i(ctl | u32::MAX as i64);
             kb.for_range(p_lo, p_mid, WIDE_PANELS as i64, |kb, p| {
                 let r0 = kb.i(0);
-                let args = tile_args(kb, p, r0, ctlv, false);
+                let args = tile_args(kb, p, (base.a, r0), ctlv, false);
                 kb.b.ins().call(refs[w], &args);
                 if last && !pl.act_in_regs {
                     post_act(kb, g, args[2], tail_rows, WIDE_PANELS * ZNR);
@@ -1027,6 +1075,33 @@ pub struct Bases {
     pub c: Value,
     pub bias: Option<Value>,
     pub res: Option<Value>,
+}
+
+/// Tile `mb`'s A rows and C row, and whether it takes the tail rows.
+fn tile_at(kb: &mut Kb, pl: &Plan, a: Value, rows: &Rows, mb: Value) -> ((Value, Value), Value) {
+    let a_rows = pl.a_rs * 4 * ZMR as i64;
+    match *rows {
+        Rows::Linear { tail_mb } => {
+            let r0 = kb.muli(mb, ZMR as i64);
+            let a = kb.gep(a, mb, a_rows);
+            ((a, r0), kb.b.ins().icmp(IntCC::Equal, mb, tail_mb))
+        }
+        Rows::Grid {
+            per_line,
+            line,
+            a_pitch,
+        } => {
+            let l = kb.b.ins().udiv_imm_u(mb, per_line);
+            let t = kb.b.ins().urem_imm_u(mb, per_line);
+            let a = kb.gep(a, l, a_pitch);
+            let a = kb.gep(a, t, a_rows);
+            let r0 = kb.muli(l, line);
+            let c0 = kb.muli(t, ZMR as i64);
+            let r0 = kb.b.ins().iadd(r0, c0);
+            let tail = kb.b.ins().icmp_imm_u(IntCC::Equal, t, per_line - 1);
+            ((a, r0), tail)
+        }
+    }
 }
 
 fn min_imm(kb: &mut Kb, v: Value, hi: i64) -> Value {
