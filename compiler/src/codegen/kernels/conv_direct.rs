@@ -13,11 +13,9 @@
 //! item covers; the im2col gather it replaces wrote `KH * KW / stride²`
 //! times as much (ResNet-50's 3x3 layers: 9x).
 //!
-//! Strided convolutions keep the gather for now: ResNet-50's stride-2
-//! layers ran slower on this form (the 3x3 ones of layers 3 and 4 by
-//! 25-40%, the 1x1 downsamples, whose copy spans the skipped pixels too,
-//! by 25-45%), so [`Direct::new`] takes stride 1 only; the geometry keeps
-//! the stride where it enters.
+//! Short kernel rows (a 3-channel stem's 21 floats) are walked by the
+//! tiles themselves, several per depth block ([`zgemm::Seg`]), so the C
+//! tile stays in registers across them.
 //!
 //! Where a tile's A rows would pile onto few L1 sets (`stride * C * 4` a
 //! multiple of 2 KiB, as with 512 channels), the copy spaces pixels
@@ -35,10 +33,11 @@ use crate::codegen::builder::Kb;
 use crate::codegen::lower::{Buf, Lower};
 use crate::error::Result;
 
-/// A kernel row must span this many floats (`kw * C`) for the direct form:
-/// each depth block reloads the C tile, so short rows (a 3-channel stem's
-/// 21) would spend more on that than the gather costs.
-const MIN_SEG: usize = 64;
+/// A strided convolution takes the direct form only where an item can
+/// span this many output rows: the copy of a row of wide input (layers 3
+/// and 4 of ResNet-50: 29 x 272 floats) is large, few rows fit the
+/// buffer, and every item reads its panels of B again.
+const MIN_ROWS_STRIDED: usize = 7;
 
 /// Bytes of the per-item input copy (on the calling thread's stack).
 const BUF_BYTES: usize = 256 << 10;
@@ -68,9 +67,10 @@ pub struct Direct {
 }
 
 impl Direct {
-    /// The geometry where the direct form applies: AVX-512, stride and
-    /// dilation 1, a kernel row of at least [`MIN_SEG`] floats, and the
-    /// input rows of one output row fit the buffer.
+    /// The geometry where the direct form applies: AVX-512, dilation 1,
+    /// and the input rows of one output row fit the buffer; strided, also
+    /// a kernel at least as large as the stride (else the copy would hold
+    /// pixels no tap reads) and [`MIN_ROWS_STRIDED`] rows per item.
     pub fn new(
         lw: &Lower,
         (n, h, w, c): (usize, usize, usize, usize),
@@ -79,12 +79,7 @@ impl Direct {
         let (kh, kw) = (geo.kernel[0], geo.kernel[1]);
         let s = geo.strides[0];
         let (oh, ow) = (geo.out_sp[0], geo.out_sp[1]);
-        if !lw.avx512
-            || geo.dil != [1, 1]
-            || geo.strides != [1, 1]
-            || kw * c < MIN_SEG
-            || oh * ow == 0
-        {
+        if !lw.avx512 || geo.dil != [1, 1] || geo.strides[1] != s || oh * ow == 0 {
             return None;
         }
         let mut cp = c;
@@ -95,6 +90,9 @@ impl Direct {
         let row = wb * cp * 4;
         let rows_in = BUF_BYTES / row;
         let rows_max = (rows_in >= kh).then(|| (rows_in - kh) / s + 1)?.min(oh);
+        if s > 1 && (kh < s || kw < s || rows_max < MIN_ROWS_STRIDED.min(oh)) {
+            return None;
+        }
         Some(Self {
             n,
             h,
@@ -210,7 +208,8 @@ pub fn lower(lw: &mut Lower, g: &Gemm, d: &Direct, bmat: &[f32]) -> Result<()> {
     let mut packed = gemm::pack_const(&d.spaced(bmat, o), kk, o, o, 1, ZNR);
     zgemm::pack_dot_edge(&mut packed, kk, o);
     let packed = lw.data(packed)?;
-    let pl = zgemm::plan_lines(lw, g, (s * cp) as i64, d.ow, seg)?;
+    let row_bytes = (d.row_len() * 4) as i64;
+    let pl = zgemm::plan_lines(lw, g, (s * cp) as i64, d.ow, (seg, row_bytes))?;
     let far = kk * o * 4 > 4 * lw.l2;
     let (rpb, ppg) = d.split(o, kk, far);
     let (nblk, groups) = (d.oh.div_ceil(rpb), pl.panels.div_ceil(ppg));
@@ -229,7 +228,6 @@ pub fn lower(lw: &mut Lower, g: &Gemm, d: &Direct, bmat: &[f32]) -> Result<()> {
         bufs.push(r.buf);
         bufs.len() - 1
     });
-    let row_bytes = (d.row_len() * 4) as i64;
     let callees = pl.callees.clone();
     lw.kernel_calling(bufs, d.n * nblk * groups, false, &callees, |kb, refs| {
         let slot = kb.b.create_sized_stack_slot(StackSlotData::new(

@@ -143,6 +143,18 @@ struct Tile {
     /// [`asm::assemble_dot`]): columns this many, B's edge panel packed
     /// K-major, `pstride` / 32 bytes apart.
     dot: Option<usize>,
+    /// The depth runs in segments (see [`Seg`]).
+    seg: Option<Seg>,
+}
+
+/// Depth in segments, as a direct convolution's kernel rows: `len`
+/// depths of contiguous A columns, then A skips `jump` more bytes to the
+/// next segment (B's rows run on). The `ctl` depth field then counts
+/// segments.
+#[derive(Clone, Copy)]
+pub struct Seg {
+    len: usize,
+    jump: i64,
 }
 
 /// An edge panel of at most this many columns is computed as dot products
@@ -171,7 +183,7 @@ mod asm {
     use iced_x86::IcedError;
     use iced_x86::code_asm::*;
 
-    use super::{CTL_DEPTH, CTL_PREFETCH, Tile, ZNR_I64};
+    use super::{CTL_DEPTH, CTL_PREFETCH, Seg, Tile, ZNR_I64};
     use crate::codegen::kernels::zact;
 
     const Z: [AsmRegisterZmm; 32] = [
@@ -272,39 +284,71 @@ mod asm {
             }
             Ok(())
         };
-        let mut rem = a.create_label();
-        let mut loop4 = a.create_label();
-        let mut loop1 = a.create_label();
-        let mut done = a.create_label();
-        a.mov(r10, rax)?;
-        a.shr(r10, 2)?;
-        a.and(rax, 3)?;
-        a.test(r10, r10)?;
-        a.jz(rem)?;
-        a.set_label(&mut loop4)?;
-        for ko in 0..4 {
-            step(&mut a, ko)?;
+        // Advances A and B (and the prefetch pointer) by `n` depths.
+        let advance =
+            |a: &mut CodeAssembler, n: i64, skip: i64| -> std::result::Result<(), IcedError> {
+                if n * 4 + skip != 0 {
+                    a.add(rdi, (n * 4 + skip) as i32)?;
+                }
+                if n != 0 {
+                    a.add(rsi, (n * 128) as i32)?;
+                    if t.np == 1 {
+                        a.add(r11, (n * 128) as i32)?;
+                    }
+                }
+                Ok(())
+            };
+        if let Some(Seg { len, jump }) = t.seg {
+            // rax segments of `len` depths. (`start` labels the nop: an
+            // instruction takes one label.)
+            let mut seg = a.create_label();
+            a.nop()?;
+            a.set_label(&mut seg)?;
+            if len >= 4 {
+                let mut loop4 = a.create_label();
+                a.mov(r10d, (len / 4) as u32)?;
+                a.set_label(&mut loop4)?;
+                for ko in 0..4 {
+                    step(&mut a, ko)?;
+                }
+                advance(&mut a, 4, 0)?;
+                a.dec(r10)?;
+                a.jnz(loop4)?;
+            }
+            for ko in 0..(len % 4) as i64 {
+                step(&mut a, ko)?;
+            }
+            advance(&mut a, (len % 4) as i64, jump)?;
+            a.dec(rax)?;
+            a.jnz(seg)?;
+        } else {
+            // rax depths: by 4, then one at a time.
+            let mut rem = a.create_label();
+            let mut loop4 = a.create_label();
+            let mut loop1 = a.create_label();
+            let mut done = a.create_label();
+            a.mov(r10, rax)?;
+            a.shr(r10, 2)?;
+            a.and(rax, 3)?;
+            a.test(r10, r10)?;
+            a.jz(rem)?;
+            a.set_label(&mut loop4)?;
+            for ko in 0..4 {
+                step(&mut a, ko)?;
+            }
+            advance(&mut a, 4, 0)?;
+            a.dec(r10)?;
+            a.jnz(loop4)?;
+            a.set_label(&mut rem)?;
+            a.test(rax, rax)?;
+            a.jz(done)?;
+            a.set_label(&mut loop1)?;
+            step(&mut a, 0)?;
+            advance(&mut a, 1, 0)?;
+            a.dec(rax)?;
+            a.jnz(loop1)?;
+            a.set_label(&mut done)?;
         }
-        a.add(rdi, 16)?;
-        a.add(rsi, 512)?;
-        if t.np == 1 {
-            a.add(r11, 512)?;
-        }
-        a.dec(r10)?;
-        a.jnz(loop4)?;
-        a.set_label(&mut rem)?;
-        a.test(rax, rax)?;
-        a.jz(done)?;
-        a.set_label(&mut loop1)?;
-        step(&mut a, 0)?;
-        a.add(rdi, 4)?;
-        a.add(rsi, 128)?;
-        if t.np == 1 {
-            a.add(r11, 128)?;
-        }
-        a.dec(rax)?;
-        a.jnz(loop1)?;
-        a.set_label(&mut done)?;
 
         // Epilogue (last depth block only).
         let mut store = a.create_label();
@@ -395,15 +439,20 @@ mod asm {
         let acc = |i: usize, j: usize| i * e + j;
         let n = t.mr * e;
         let bcol = t.pstride / ZNR_I64;
-        // Depth, in vectors of 16 (r10) and the rest (k3).
+        // Depth (segments with `seg`), in vectors of 16 (r10) and the
+        // rest (k3).
         a.mov(rax, r9)?;
         a.shr(rax, CTL_DEPTH)?;
-        a.mov(r10, rax)?;
-        a.shr(r10, 4)?;
-        a.and(eax, 15)?;
-        a.mov(r11d, 1)?;
-        a.shlx(r11d, r11d, eax)?;
-        a.dec(r11d)?;
+        if let Some(Seg { len, .. }) = t.seg {
+            a.mov(r11d, (1u32 << (len % 16)) - 1)?;
+        } else {
+            a.mov(r10, rax)?;
+            a.shr(r10, 4)?;
+            a.and(eax, 15)?;
+            a.mov(r11d, 1)?;
+            a.shlx(r11d, r11d, eax)?;
+            a.dec(r11d)?;
+        }
         a.kmovw(k3, r11d)?;
         for &r in &Z[..n] {
             a.vpxord(r, r, r)?;
@@ -422,21 +471,47 @@ mod asm {
             }
             Ok(())
         };
-        let mut lp = a.create_label();
-        let mut rest = a.create_label();
         let mut reduce = a.create_label();
-        a.test(r10, r10)?;
-        a.jz(rest)?;
-        a.set_label(&mut lp)?;
-        step(&mut a, false)?;
-        a.add(rdi, 64)?;
-        a.add(rsi, 64)?;
-        a.dec(r10)?;
-        a.jnz(lp)?;
-        a.set_label(&mut rest)?;
-        a.test(eax, eax)?;
-        a.jz(reduce)?;
-        step(&mut a, true)?;
+        if let Some(Seg { len, jump }) = t.seg {
+            // rax segments: whole vectors, the masked rest, the skip.
+            let mut seg = a.create_label();
+            a.set_label(&mut seg)?;
+            if len >= 16 {
+                let mut lp = a.create_label();
+                a.mov(r10d, (len / 16) as u32)?;
+                a.set_label(&mut lp)?;
+                step(&mut a, false)?;
+                a.add(rdi, 64)?;
+                a.add(rsi, 64)?;
+                a.dec(r10)?;
+                a.jnz(lp)?;
+            }
+            let rest = (len % 16) as i64 * 4;
+            if rest > 0 {
+                step(&mut a, true)?;
+                a.add(rsi, rest as i32)?;
+            }
+            if rest + jump != 0 {
+                a.add(rdi, (rest + jump) as i32)?;
+            }
+            a.dec(rax)?;
+            a.jnz(seg)?;
+        } else {
+            let mut lp = a.create_label();
+            let mut rest = a.create_label();
+            a.test(r10, r10)?;
+            a.jz(rest)?;
+            a.set_label(&mut lp)?;
+            step(&mut a, false)?;
+            a.add(rdi, 64)?;
+            a.add(rsi, 64)?;
+            a.dec(r10)?;
+            a.jnz(lp)?;
+            a.set_label(&mut rest)?;
+            a.test(eax, eax)?;
+            a.jz(reduce)?;
+            step(&mut a, true)?;
+        }
         a.set_label(&mut reduce)?;
         // Each accumulator's lane sum into its lane 0 (the other lanes
         // zero, so the activation sees no stray values).
@@ -627,6 +702,8 @@ pub struct Plan {
     /// Depth blocks as (first depth, depth): a panel's block stays in L1
     /// while the tiles walk the rows.
     pub blocks: Vec<(usize, usize)>,
+    /// The tiles walk each block's depth in segments.
+    seg: Option<Seg>,
     tail_rows: usize,
     edge_cols: usize,
     /// The edge panel has tile functions of its own: one-vector tiles
@@ -655,26 +732,48 @@ pub fn plan(lw: &mut Lower, g: &Gemm, a_rs: i64, dot_edge: bool) -> Result<Plan>
     let blocks = (0..g.k.div_ceil(kc))
         .map(|i| (i * kc, kc.min(g.k - i * kc)))
         .collect();
-    plan_tiles(lw, g, a_rs, dot_edge, g.m, blocks, true)
+    plan_tiles(lw, g, a_rs, dot_edge, g.m, (blocks, None), true)
 }
 
 /// A plan for tiles that walk rows of `line` positions (at most
 /// [`ZMR`] per tile, the last of a line taking the tail rows; see
 /// [`Rows::Grid`]), whose depth runs in segments of `seg` (a convolution's
-/// kernel row): no depth block straddles two, since the tiles read each
-/// segment's A at its own origin.
-pub fn plan_lines(lw: &mut Lower, g: &Gemm, a_rs: i64, line: usize, seg: usize) -> Result<Plan> {
+/// kernel row), each segment's A `seg_pitch` bytes after the previous
+/// one's. Segments short enough that several fill a depth block are
+/// walked by the tiles themselves ([`Seg`]); longer ones are split into
+/// blocks of their own.
+pub fn plan_lines(
+    lw: &mut Lower,
+    g: &Gemm,
+    a_rs: i64,
+    line: usize,
+    (seg, seg_pitch): (usize, i64),
+) -> Result<Plan> {
+    let segs = g.k / seg;
+    let kc = depth_block(lw, g.k);
+    if 2 * seg <= kc {
+        let per = kc / seg;
+        let blocks = (0..segs)
+            .step_by(per)
+            .map(|s| (s * seg, per.min(segs - s) * seg))
+            .collect();
+        let walk = Seg {
+            len: seg,
+            jump: seg_pitch - (seg * 4) as i64,
+        };
+        return plan_tiles(lw, g, a_rs, true, line, (blocks, Some(walk)), false);
+    }
     let kc = depth_block(lw, seg);
     let per = seg.div_ceil(kc);
     let len = seg.div_ceil(per).next_multiple_of(4).min(seg);
-    let blocks = (0..g.k / seg)
+    let blocks = (0..segs)
         .flat_map(|s| {
             (0..seg)
                 .step_by(len)
                 .map(move |i| (s * seg + i, len.min(seg - i)))
         })
         .collect();
-    plan_tiles(lw, g, a_rs, true, line, blocks, false)
+    plan_tiles(lw, g, a_rs, true, line, (blocks, None), false)
 }
 
 fn plan_tiles(
@@ -683,7 +782,7 @@ fn plan_tiles(
     a_rs: i64,
     dot_edge: bool,
     m: usize,
-    blocks: Vec<(usize, usize)>,
+    (blocks, seg): (Vec<(usize, usize)>, Option<Seg>),
     may_widen: bool,
 ) -> Result<Plan> {
     let (n, k) = (g.n, g.k);
@@ -706,6 +805,7 @@ fn plan_tiles(
         np: 1,
         pstride: (k * ZNR * 4) as i64,
         dot: None,
+        seg,
     };
     let dot = dot_edge && uses_dot_edge(n);
     let rows: &[usize] = if tail_rows == ZMR {
@@ -744,6 +844,7 @@ fn plan_tiles(
         mblocks,
         kc,
         blocks,
+        seg,
         tail_rows,
         edge_cols,
         edge_fns,
@@ -974,7 +1075,8 @@ pub fn emit_pass(
     let has_edge = kb.b.ins().icmp_imm_s(IntCC::Equal, p_hi, panels as i64);
     let last = kbi == pl.blocks.len() - 1;
     let (k0, depth) = pl.blocks[kbi];
-    let mut ctl = (depth as i64) << CTL_DEPTH;
+    let steps = pl.seg.map_or(depth, |s| depth / s.len);
+    let mut ctl = (steps as i64) << CTL_DEPTH;
     if kbi > 0 {
         ctl |= 1 << 32;
     }
@@ -1170,6 +1272,36 @@ mod tests {
     }
 
     #[test]
+    fn seg_tiles_assemble() {
+        for len in [1, 3, 4, 5, 16, 21, 48, 64] {
+            for dot in [None, Some(1), Some(2)] {
+                for mr in [ZMR, 3] {
+                    let t = Tile {
+                        mr,
+                        nv: if dot.is_some() { 1 } else { 2 },
+                        lda: 24,
+                        ldc: 128,
+                        bias: None,
+                        beta: 1.0,
+                        res: None,
+                        alpha: 1.0,
+                        act: Act::None,
+                        np: 1,
+                        pstride: 4096,
+                        dot,
+                        seg: Some(Seg { len, jump: 100 }),
+                    };
+                    let r = match dot {
+                        Some(e) => asm::assemble_dot(&t, e),
+                        None => asm::assemble(&t),
+                    };
+                    r.unwrap_or_else(|e| panic!("len {len} dot {dot:?} mr {mr}: {e}"));
+                }
+            }
+        }
+    }
+
+    #[test]
     fn tile_assembles() {
         for act in [Act::None, Act::Relu, Act::Clip(0.0, 6.0)] {
             let t = Tile {
@@ -1185,6 +1317,7 @@ mod tests {
                 np: 1,
                 pstride: 0,
                 dot: None,
+                seg: None,
             };
             let code = asm::assemble(&t).expect("assembles");
             // The function ends with `ret`, then the constants it reads
