@@ -332,13 +332,13 @@ fn channels_last_conv_as_gemm() {
     // rows of 64 floats or more (`KW * C`, dilation 1) take the direct
     // form: output rows of 31 (two tiles and a tail of 3) split over
     // items, stride 2 with uneven pads, pads as wide as the kernel, and
-    // 512 channels whose tile rows would share L1 sets (the copy spaces
+    // 1024 channels whose tile rows would share an L1 set (the copy spaces
     // its pixels).
     let cases: [NhwcCase; 17] = [
         (2, 32, 30, 31, 40, 3, 1, [1; 4], 1, 1),
         (1, 40, 17, 16, 36, 3, 2, [0, 1, 1, 2], 1, 1),
         (1, 16, 6, 7, 8, 5, 1, [4; 4], 1, 1),
-        (1, 512, 3, 10, 8, 3, 1, [1; 4], 1, 1),
+        (1, 1024, 3, 10, 8, 3, 1, [1; 4], 1, 1),
         (1, 1, 7, 8, 2, 3, 1, [1; 4], 1, 1),
         (1, 24, 9, 8, 66, 3, 1, [1; 4], 1, 1),
         (2, 16, 5, 7, 33, 1, 1, [0; 4], 1, 1),

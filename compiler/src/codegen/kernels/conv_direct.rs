@@ -18,7 +18,7 @@
 //! tile stays in registers across them.
 //!
 //! Where a tile's A rows would pile onto few L1 sets (`stride * C * 4` a
-//! multiple of 2 KiB, as with 512 channels), the copy spaces pixels
+//! multiple of 4 KiB, as with 1024 channels), the copy spaces pixels
 //! `C + 16` floats apart; the gap channels are zero in the copy and their
 //! rows of the packed weights are zero too.
 
