@@ -2,9 +2,10 @@
 //! pass) as one GEMM whose B is the weights, reordered to
 //! `[KH*KW*C, O]` and packed at compile time, and whose output `[P, O]` is
 //! already NHWC: a 1x1 stride-1 unpadded convolution multiplies the input
-//! itself (`[N*H*W, C]`, the whole batch in one GEMM); any other kernel
-//! size, stride, padding or dilation first gathers one image's rows
-//! (`[OH*OW, KH*KW*C]`, whole channel runs copied) into scratch. Bias,
+//! itself (`[N*H*W, C]`, the whole batch in one GEMM); on AVX-512, most
+//! other undilated ones read the input in place ([`conv_direct`]); the
+//! rest gather im2col rows (`[OH*OW, KH*KW*C]`, whole channel runs
+//! copied), per depth block on AVX-512, else one image's into scratch. Bias,
 //! residual and activation are the GEMM's epilogue. Grouped convolutions
 //! and run-time weights keep the NCHW path (through the NHWC adapter).
 
