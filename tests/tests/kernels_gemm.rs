@@ -333,8 +333,14 @@ fn channels_last_conv_as_gemm() {
     // form: output rows of 31 (two tiles and a tail of 3) split over
     // items, stride 2 with uneven pads, pads as wide as the kernel, and
     // 1024 channels whose tile rows would share an L1 set (the copy spaces
-    // its pixels).
-    let cases: [NhwcCase; 17] = [
+    // its pixels); pads past the kernel and uneven, leftover depths of the
+    // segment loops, a kernel row split across depth blocks (C = 100),
+    // and blocks of 2, 2 and 1 kernel rows (5x5, C = 16).
+    let cases: [NhwcCase; 21] = [
+        (2, 3, 5, 4, 33, 3, 1, [4, 3, 0, 5], 1, 1),
+        (1, 5, 17, 17, 34, 3, 2, [1, 1, 0, 0], 1, 1),
+        (1, 100, 6, 7, 65, 3, 1, [1; 4], 1, 1),
+        (1, 16, 9, 8, 20, 5, 1, [2; 4], 1, 1),
         (2, 32, 30, 31, 40, 3, 1, [1; 4], 1, 1),
         (1, 40, 17, 16, 36, 3, 2, [0, 1, 1, 2], 1, 1),
         (1, 16, 6, 7, 8, 5, 1, [4; 4], 1, 1),

@@ -23,9 +23,9 @@
 //! rows of the packed weights are zero too.
 
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::types::I64;
-use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value};
+use cranelift_codegen::ir::{InstBuilder, Value};
 
+use super::conv_nhwc::{item_bufs, item_coords, stack_buf};
 use super::gemm::{self, Gemm, Mat};
 use super::linalg::ConvGeom;
 use super::zgemm::{self, ZMR, ZNR};
@@ -41,6 +41,9 @@ const MIN_ROWS_STRIDED: usize = 7;
 
 /// Bytes of the per-item input copy (on the calling thread's stack).
 const BUF_BYTES: usize = 256 << 10;
+
+/// Pixel spacings (`C`, `C + 16`, ...) tried against L1 set conflicts.
+const MAX_SPACINGS: usize = 8;
 
 /// Thread counts whose balance the item split weighs.
 const THREADS: [usize; 3] = [1, 2, 4];
@@ -79,18 +82,21 @@ impl Direct {
         let (kh, kw) = (geo.kernel[0], geo.kernel[1]);
         let s = geo.strides[0];
         let (oh, ow) = (geo.out_sp[0], geo.out_sp[1]);
-        if !lw.avx512 || geo.dil != [1, 1] || geo.strides[1] != s || oh * ow == 0 {
+        if !lw.avx512
+            || geo.dil != [1, 1]
+            || geo.strides[1] != s
+            || oh * ow == 0
+            || kh < s
+            || kw < s
+        {
             return None;
         }
-        let mut cp = c;
-        while zgemm::set_conflicts((s * cp) as i64, ow) {
-            cp += 16;
-        }
+        let cp = spacing(c, s, ow)?;
         let wb = (ow - 1) * s + kw;
         let row = wb * cp * 4;
         let rows_in = BUF_BYTES / row;
         let rows_max = (rows_in >= kh).then(|| (rows_in - kh) / s + 1)?.min(oh);
-        if s > 1 && (kh < s || kw < s || rows_max < MIN_ROWS_STRIDED.min(oh)) {
+        if s > 1 && rows_max < MIN_ROWS_STRIDED.min(oh) {
             return None;
         }
         Some(Self {
@@ -131,7 +137,7 @@ impl Direct {
         out
     }
 
-    /// (output rows per item, column-panel groups): the split whose
+    /// (output rows per item, column panels per group): the split whose
     /// slowest thread, weighed over [`THREADS`], finishes first. An item
     /// costs its tiles' multiply-adds, its input copy and its reading of
     /// its panels of B (from L2, or from memory when B is `far`).
@@ -200,6 +206,17 @@ impl Direct {
     }
 }
 
+/// Floats from one pixel of the copy to the next for `c` channels at
+/// stride `s`, `ow` output positions a row: the first of `C`, `C + 16`,
+/// ... whose tile rows share no L1 set beyond the limit. None when every
+/// spacing tried piles them up (a stride of 64 pixels keeps them on the
+/// same sets whatever the spacing).
+fn spacing(c: usize, s: usize, ow: usize) -> Option<usize> {
+    (0..MAX_SPACINGS)
+        .map(|i| c + 16 * i)
+        .find(|&cp| !zgemm::set_conflicts((s * cp) as i64, ow))
+}
+
 /// Lowers the convolution `g` (from [`Direct::gemm`]) of weights `bmat`
 /// (`[KH*KW*C, O]`).
 pub fn lower(lw: &mut Lower, g: &Gemm, d: &Direct, bmat: &[f32]) -> Result<()> {
@@ -219,32 +236,16 @@ pub fn lower(lw: &mut Lower, g: &Gemm, d: &Direct, bmat: &[f32]) -> Result<()> {
          gemm {ZMR}x{ZNR} tiles read in place, K={kk} N={o}, items {}x{nblk}x{groups}",
         cp, d.n
     ));
-    let mut bufs = vec![x, packed, g.c.buf];
-    let bias_arg = g.bias.as_ref().map(|b| {
-        bufs.push(b.buf);
-        bufs.len() - 1
-    });
-    let res_arg = g.residual.as_ref().map(|r| {
-        bufs.push(r.buf);
-        bufs.len() - 1
-    });
+    let (bufs, bias_arg, res_arg) = item_bufs(x, packed, g);
     let callees = pl.callees.clone();
     lw.kernel_calling(bufs, d.n * nblk * groups, false, &callees, |kb, refs| {
-        let slot = kb.b.create_sized_stack_slot(StackSlotData::new(
-            StackSlotKind::ExplicitSlot,
-            (d.rows_in(rpb) * d.row_len() * 4) as u32,
-            6,
-        ));
-        let buf = kb.b.ins().stack_addr(I64, slot, 0);
+        let buf = stack_buf(kb, d.rows_in(rpb) * d.row_len() * 4);
         let (xp, bp, cp_) = (kb.arg(0), kb.arg(1), kb.arg(2));
         let biasp = bias_arg.map(|j| kb.arg(j));
         let resp = res_arg.map(|j| kb.arg(j));
         let (b, e) = (kb.begin, kb.end);
         kb.for_range(b, e, 1, |kb, item| {
-            let img = kb.b.ins().udiv_imm_u(item, (nblk * groups) as i64);
-            let rest = kb.b.ins().urem_imm_u(item, (nblk * groups) as i64);
-            let blk = kb.b.ins().udiv_imm_u(rest, groups as i64);
-            let gi = kb.b.ins().urem_imm_u(rest, groups as i64);
+            let [img, blk, gi] = item_coords(kb, item, nblk, groups);
             let r0 = kb.muli(blk, rpb as i64);
             let left = kb.i(d.oh as i64);
             let left = kb.b.ins().isub(left, r0);
@@ -346,4 +347,21 @@ fn copy_rows(kb: &mut Kb, d: &Direct, ximg: Value, buf: Value, r0: Value, rows: 
         kb.b.ins().jump(done, &[]);
         kb.b.switch_to_block(done);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spacing;
+
+    #[test]
+    fn spacing_frees_tile_rows_of_set_conflicts() {
+        // Rows 256 B apart spread over the sets; 4 KiB apart (1024
+        // channels) share one until spaced by 16 floats.
+        assert_eq!(spacing(64, 1, 56), Some(64));
+        assert_eq!(spacing(1024, 1, 14), Some(1040));
+        // Few rows never conflict.
+        assert_eq!(spacing(1024, 1, 7), Some(1024));
+        // A 64-pixel stride: 16 * 64 floats is 4 KiB, so no spacing helps.
+        assert_eq!(spacing(16, 64, 8), None);
+    }
 }

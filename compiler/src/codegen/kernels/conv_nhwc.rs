@@ -405,34 +405,18 @@ fn blocked(
          K={kk} N={o}, items {n}x{nblk}x{groups}",
         zgemm::ZNR
     ));
-    let mut bufs = vec![x, packed, g.c.buf];
-    let bias_arg = g.bias.as_ref().map(|b| {
-        bufs.push(b.buf);
-        bufs.len() - 1
-    });
-    let res_arg = g.residual.as_ref().map(|r| {
-        bufs.push(r.buf);
-        bufs.len() - 1
-    });
+    let (bufs, bias_arg, res_arg) = item_bufs(x, packed, g);
     let mblocks = p.div_ceil(ZMR) as i64;
     let per_blk = (rb / ZMR) as i64;
     let callees = pl.callees.clone();
     lw.kernel_calling(bufs, n * nblk * groups, false, &callees, |kb, refs| {
-        let slot = kb.b.create_sized_stack_slot(StackSlotData::new(
-            StackSlotKind::ExplicitSlot,
-            (rb * kc * 4) as u32,
-            6,
-        ));
-        let buf = kb.b.ins().stack_addr(I64, slot, 0);
+        let buf = stack_buf(kb, rb * kc * 4);
         let (xp, bp, cp) = (kb.arg(0), kb.arg(1), kb.arg(2));
         let biasp = bias_arg.map(|j| kb.arg(j));
         let resp = res_arg.map(|j| kb.arg(j));
         let (b, e) = (kb.begin, kb.end);
         kb.for_range(b, e, 1, |kb, item| {
-            let img = kb.b.ins().udiv_imm_u(item, (nblk * groups) as i64);
-            let rest = kb.b.ins().urem_imm_u(item, (nblk * groups) as i64);
-            let blk = kb.b.ins().udiv_imm_u(rest, groups as i64);
-            let gi = kb.b.ins().urem_imm_u(rest, groups as i64);
+            let [img, blk, gi] = item_coords(kb, item, nblk, groups);
             let r0 = kb.muli(blk, rb as i64);
             let left = kb.i(p as i64);
             let left = kb.b.ins().isub(left, r0);
@@ -478,4 +462,39 @@ fn blocked(
             }
         });
     })
+}
+
+/// A convolution's item kernel buffers: the input, the packed weights and
+/// the output, then the bias and residual where `g` has them (with their
+/// argument indices).
+pub(super) fn item_bufs(x: Buf, packed: Buf, g: &Gemm) -> (Vec<Buf>, Option<usize>, Option<usize>) {
+    let mut bufs = vec![x, packed, g.c.buf];
+    let mut push = |m: &Option<Mat>| {
+        m.as_ref().map(|m| {
+            bufs.push(m.buf);
+            bufs.len() - 1
+        })
+    };
+    let (bias, res) = (push(&g.bias), push(&g.residual));
+    (bufs, bias, res)
+}
+
+/// Work item `item`'s (image, row block, panel group), of `nblk` row
+/// blocks and `groups` panel groups per image.
+pub(super) fn item_coords(kb: &mut Kb, item: Value, nblk: usize, groups: usize) -> [Value; 3] {
+    let img = kb.b.ins().udiv_imm_u(item, (nblk * groups) as i64);
+    let rest = kb.b.ins().urem_imm_u(item, (nblk * groups) as i64);
+    let blk = kb.b.ins().udiv_imm_u(rest, groups as i64);
+    let gi = kb.b.ins().urem_imm_u(rest, groups as i64);
+    [img, blk, gi]
+}
+
+/// A buffer of `bytes` in the kernel's stack frame, 64-byte aligned.
+pub(super) fn stack_buf(kb: &mut Kb, bytes: usize) -> Value {
+    let slot = kb.b.create_sized_stack_slot(StackSlotData::new(
+        StackSlotKind::ExplicitSlot,
+        bytes as u32,
+        6,
+    ));
+    kb.b.ins().stack_addr(I64, slot, 0)
 }

@@ -302,6 +302,17 @@ mod asm {
                 }
                 Ok(())
             };
+        // r10 (> 0) times four depth steps.
+        let by4 = |a: &mut CodeAssembler| -> std::result::Result<(), IcedError> {
+            let mut loop4 = a.create_label();
+            a.set_label(&mut loop4)?;
+            for ko in 0..4 {
+                step(a, ko)?;
+            }
+            advance(a, 4, 0)?;
+            a.dec(r10)?;
+            a.jnz(loop4)
+        };
         if let Some(Seg { len, jump }) = t.seg {
             // rax segments of `len` depths. (`start` labels the nop: an
             // instruction takes one label.)
@@ -309,15 +320,8 @@ mod asm {
             a.nop()?;
             a.set_label(&mut seg)?;
             if len >= 4 {
-                let mut loop4 = a.create_label();
                 a.mov(r10d, (len / 4) as u32)?;
-                a.set_label(&mut loop4)?;
-                for ko in 0..4 {
-                    step(&mut a, ko)?;
-                }
-                advance(&mut a, 4, 0)?;
-                a.dec(r10)?;
-                a.jnz(loop4)?;
+                by4(&mut a)?;
             }
             for ko in 0..(len % 4) as i64 {
                 step(&mut a, ko)?;
@@ -328,7 +332,6 @@ mod asm {
         } else {
             // rax depths: by 4, then one at a time.
             let mut rem = a.create_label();
-            let mut loop4 = a.create_label();
             let mut loop1 = a.create_label();
             let mut done = a.create_label();
             a.mov(r10, rax)?;
@@ -336,13 +339,7 @@ mod asm {
             a.and(rax, 3)?;
             a.test(r10, r10)?;
             a.jz(rem)?;
-            a.set_label(&mut loop4)?;
-            for ko in 0..4 {
-                step(&mut a, ko)?;
-            }
-            advance(&mut a, 4, 0)?;
-            a.dec(r10)?;
-            a.jnz(loop4)?;
+            by4(&mut a)?;
             a.set_label(&mut rem)?;
             a.test(rax, rax)?;
             a.jz(done)?;
@@ -475,20 +472,24 @@ mod asm {
             }
             Ok(())
         };
+        // r10 (> 0) whole vectors of depths.
+        let by16 = |a: &mut CodeAssembler| -> std::result::Result<(), IcedError> {
+            let mut lp = a.create_label();
+            a.set_label(&mut lp)?;
+            step(a, false)?;
+            a.add(rdi, 64)?;
+            a.add(rsi, 64)?;
+            a.dec(r10)?;
+            a.jnz(lp)
+        };
         let mut reduce = a.create_label();
         if let Some(Seg { len, jump }) = t.seg {
             // rax segments: whole vectors, the masked rest, the skip.
             let mut seg = a.create_label();
             a.set_label(&mut seg)?;
             if len >= 16 {
-                let mut lp = a.create_label();
                 a.mov(r10d, (len / 16) as u32)?;
-                a.set_label(&mut lp)?;
-                step(&mut a, false)?;
-                a.add(rdi, 64)?;
-                a.add(rsi, 64)?;
-                a.dec(r10)?;
-                a.jnz(lp)?;
+                by16(&mut a)?;
             }
             let rest = (len % 16) as i64 * 4;
             if rest > 0 {
@@ -501,16 +502,10 @@ mod asm {
             a.dec(rax)?;
             a.jnz(seg)?;
         } else {
-            let mut lp = a.create_label();
             let mut rest = a.create_label();
             a.test(r10, r10)?;
             a.jz(rest)?;
-            a.set_label(&mut lp)?;
-            step(&mut a, false)?;
-            a.add(rdi, 64)?;
-            a.add(rsi, 64)?;
-            a.dec(r10)?;
-            a.jnz(lp)?;
+            by16(&mut a)?;
             a.set_label(&mut rest)?;
             a.test(eax, eax)?;
             a.jz(reduce)?;
