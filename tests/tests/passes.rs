@@ -81,14 +81,17 @@ fn random_inputs(g: &Graph, seed: u64) -> Vec<Tensor> {
         .collect()
 }
 
-/// Max |a - b| over each output, relative to the reference's max magnitude.
+/// Max |a - b| over each output, relative to the reference's max magnitude,
+/// taken as at least 0.1: random inputs make intermediates of about 1, so
+/// an output that cancels to near 0 still carries their f32 rounding (seed
+/// 14375590351359349254: 1.2e-7 against an exact 0 after fusion).
 fn assert_close(want: &[Tensor], got: &[Tensor], rel: f64, what: &str) {
     assert_eq!(want.len(), got.len(), "{what}: output count");
     for (i, (w, g)) in want.iter().zip(got).enumerate() {
         assert_eq!(w.shape(), g.shape(), "{what}: output {i} shape");
         assert_eq!(w.dtype(), g.dtype(), "{what}: output {i} dtype");
         let (w, g) = (w.to_f64_vec(), g.to_f64_vec());
-        let mag = w.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-3);
+        let mag = w.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(0.1);
         for (j, (a, b)) in w.iter().zip(&g).enumerate() {
             let ok = (a - b).abs() <= rel * mag || (a.is_nan() && b.is_nan()) || a == b;
             assert!(
@@ -456,4 +459,11 @@ proptest! {
     fn passes_keep_the_interpreters_outputs(seed in any::<u64>()) {
         check_passes(seed);
     }
+}
+
+/// The seed whose fused graph cancels an output to near 0 (see
+/// [`assert_close`]).
+#[test]
+fn passes_keep_a_cancelling_output() {
+    check_passes(14375590351359349254);
 }
