@@ -44,8 +44,10 @@ fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
 }
 
 /// Conv -> BatchNormalization -> two identical Relus -> Add: five nodes,
-/// three after const_fold (BN), cse (one Relu) and dce.
-fn model_file() -> PathBuf {
+/// three after const_fold (BN), cse (one Relu) and dce. Each test writes
+/// its own `name`: tests run in parallel, and one test's write would
+/// truncate the file another test's cpucc is reading.
+fn model_file(name: &str) -> PathBuf {
     let t = |name: &str, shape: &[usize], v: Vec<f32>| {
         tensor_to_proto(&Tensor::from_vec(shape, v).unwrap(), name)
     };
@@ -80,7 +82,7 @@ fn model_file() -> PathBuf {
     };
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("passes_cli");
     std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("conv_bn.onnx");
+    let p = dir.join(format!("{name}.onnx"));
     std::fs::write(&p, m.encode_to_vec()).unwrap();
     p
 }
@@ -100,7 +102,7 @@ fn cpucc(args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn after_const_fold_the_batch_norm_is_gone() {
-    let m = model_file();
+    let m = model_file("after_const_fold_the_batch_norm_is_gone");
     let (code, before, _) = cpucc(&["inspect", m.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(before.contains("= BatchNormalization("));
@@ -117,7 +119,7 @@ fn after_const_fold_the_batch_norm_is_gone() {
 
 #[test]
 fn passes_flag_chooses_the_pipeline() {
-    let m = model_file();
+    let m = model_file("passes_flag_chooses_the_pipeline");
     let (code, out, err) = cpucc(&["inspect", m.to_str().unwrap(), "--passes", "cse"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.matches("= Relu(").count(), 1, "{out}");
@@ -126,7 +128,7 @@ fn passes_flag_chooses_the_pipeline() {
 
 #[test]
 fn stats_reports_every_pass_and_the_plan() {
-    let m = model_file();
+    let m = model_file("stats_reports_every_pass_and_the_plan");
     let (code, out, err) = cpucc(&[
         "inspect",
         m.to_str().unwrap(),
@@ -160,7 +162,7 @@ fn stats_reports_every_pass_and_the_plan() {
 
 #[test]
 fn unknown_or_missing_passes_are_one_line_errors() {
-    let m = model_file();
+    let m = model_file("unknown_or_missing_passes_are_one_line_errors");
     let m = m.to_str().unwrap();
     for (args, needle) in [
         (
