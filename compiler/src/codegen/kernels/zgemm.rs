@@ -49,6 +49,12 @@ pub const ZMR: usize = 14;
 /// one tile column's work per element).
 const COPY_A_MIN_COLS: usize = 256;
 
+/// Column groups past which the per-item copy, repeated for every group,
+/// costs more than one restriding pass: ResNet-50 b32's M=6272 K=1024
+/// N=256 layer in one group ran 27.4 ms copied, 30.9 restrided; MLP
+/// b256's N=4096 layer in 16 groups 2% faster restrided.
+const COPY_A_MAX_GROUPS: usize = 2;
+
 /// Whether a tile's A rows (of `m`), `rs` elements apart, pile onto few L1
 /// sets: more than [`MAX_ROWS_PER_SET`] rows share a set (which has 12
 /// ways on recent cores, about half of them taken by the B panel block),
@@ -616,12 +622,17 @@ pub fn depth_block(lw: &Lower, k: usize) -> usize {
 /// all of it costs little) rows split before columns: a thread then
 /// writes whole rows of C, the rows the next layer's thread, split by rows
 /// too, reads from its own core's cache instead of the other core's.
+/// With `c_cap` (several depth blocks: each tile loads and stores its C
+/// once per block) an item's C block stays within that many bytes, so it
+/// stays in L2 across the blocks: MLP b256's N=11008 layer, in items of
+/// 1376 columns (1.4 MiB of C), ran 6% slower than in items of 256.
 fn split(
     batch: usize,
     panels: usize,
     mblocks: usize,
     kc: usize,
     rows_first: bool,
+    c_cap: Option<usize>,
 ) -> (usize, usize) {
     const WANT: usize = 8;
     let max_mb = ((256usize << 10) / (ZMR * kc * 4)).max(1);
@@ -632,6 +643,10 @@ fn split(
     let mut groups = 1;
     if batch * mparts < WANT {
         groups = panels.min(WANT.div_ceil(batch * mparts));
+    }
+    if let Some(cap) = c_cap {
+        let panel_bytes = mblocks.div_ceil(mparts) * ZMR * ZNR * 4;
+        groups = groups.max(panels.div_ceil((cap / panel_bytes).max(1)));
     }
     if batch * mparts * groups < WANT {
         mparts = mblocks.min(WANT.div_ceil(batch * groups)).max(mparts);
@@ -893,6 +908,7 @@ pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
         m.div_ceil(ZMR),
         kc,
         b_bytes <= lw.l2 / 2,
+        (k > kc).then_some(lw.l2 / 4),
     );
     let mut ppg = n.div_ceil(ZNR).div_ceil(groups);
     if wide(m, n.div_ceil(ZNR), k) {
@@ -902,11 +918,12 @@ pub fn compute(lw: &mut Lower, g: &Gemm, packed: Buf) -> Result<()> {
     let groups = n.div_ceil(ZNR).div_ceil(ppg);
     // A's rows would share L1 sets and evict each other within one tile
     // (a multiple of 4 KiB apart, as in wide layers): where an item's
-    // tiles span enough columns to repay it, it copies its rows per depth
-    // block into a buffer of `kc`-float rows, else one pass first copies
-    // A to a conflict-free stride. Other A is read in place.
+    // tiles span enough columns to repay it and few groups repeat it, it
+    // copies its rows per depth block into a buffer of `kc`-float rows,
+    // else one pass first copies A to a conflict-free stride. Other A is
+    // read in place.
     let conflicts = set_conflicts(g.a.rs, m);
-    let copy_a = conflicts && ppg * ZNR >= COPY_A_MIN_COLS;
+    let copy_a = conflicts && ppg * ZNR >= COPY_A_MIN_COLS && groups <= COPY_A_MAX_GROUPS;
     if conflicts && !copy_a {
         let g = restride_a(lw, g)?;
         return compute(lw, &g, packed);
@@ -1248,7 +1265,7 @@ mod tests {
     fn split_covers_every_block_once() {
         for (batch, panels, mblocks) in [(1, 1, 1), (1, 128, 19), (3, 2, 40), (200, 3, 1)] {
             for rows_first in [false, true] {
-                let (g, m) = split(batch, panels, mblocks, 128, rows_first);
+                let (g, m) = split(batch, panels, mblocks, 128, rows_first, None);
                 let ppg = panels.div_ceil(g);
                 let mbpp = mblocks.div_ceil(m);
                 assert!(g >= 1 && m >= 1);
@@ -1259,14 +1276,30 @@ mod tests {
     }
 
     #[test]
+    fn split_keeps_an_items_c_within_the_cap() {
+        // (panels, row blocks, cap): MLP b256's N=11008 layer, ResNet-50
+        // b32's layer3 1x1 layers, and a cap below one panel's C.
+        for (panels, mblocks, cap) in [(344, 19, 512 << 10), (32, 448, 512 << 10), (8, 448, 1)] {
+            let (g, m) = split(1, panels, mblocks, 192, false, Some(cap));
+            let (ppg, mbpp) = (panels.div_ceil(g), mblocks.div_ceil(m));
+            assert!(
+                ppg == 1 || mbpp * ZMR * ppg * ZNR * 4 <= cap,
+                "{panels} {mblocks}: {g}x{m}"
+            );
+            let (g0, _) = split(1, panels, mblocks, 192, false, None);
+            assert!(g >= g0);
+        }
+    }
+
+    #[test]
     fn split_evens_the_threads_load() {
         // 14 row blocks in 8 parts fall as 7 parts of 2 (4 vs 3 per
         // thread at 2 threads): one block per part splits 7/7.
-        assert_eq!(split(1, 18, 14, 128, true), (1, 14));
+        assert_eq!(split(1, 18, 14, 128, true, None), (1, 14));
         // 10 panels in groups of 2 make 5 items (3 vs 2): 10 groups of 1.
-        assert_eq!(split(1, 10, 4, 128, false), (10, 1));
+        assert_eq!(split(1, 10, 4, 128, false, None), (10, 1));
         // Already even: left alone.
-        assert_eq!(split(1, 128, 1, 128, false), (8, 1));
+        assert_eq!(split(1, 128, 1, 128, false, None), (8, 1));
         assert!(imbalance(1, 10, 4, 10, 1) < imbalance(1, 10, 4, 5, 1));
     }
 
