@@ -1113,7 +1113,8 @@ pub fn emit_pass(
         [a, bpan, c, bias, res, ctlv]
     };
     // The tile of panel `p` (`edge`: the last panel) at row block `mb`;
-    // with `pf` set it prefetches the next panel's block.
+    // with `pf` set (and a next panel in the item) it prefetches the next
+    // panel's block.
     let tile = |kb: &mut Kb, p: Value, mb: Value, pf: Value, edge: bool| {
         let (full_fn, tail_fn) = fns(edge);
         let ctlv = kb.i(ctl | if edge { edge_mask } else { u32::MAX as i64 });
@@ -1190,8 +1191,8 @@ pub fn emit_pass(
         // 1870 ms, MobileNetV2 5.50 -> 5.39 ms, at 1 thread). With several
         // blocks the panel's block stays in L1 instead, while the row
         // blocks walk it (measured no better the other way round).
+        let pf = kb.b.ins().iconst(I8, 1);
         kb.for_range(mb_lo, mb_hi, 1, |kb, mb| {
-            let pf = kb.b.ins().iconst(I8, 1);
             kb.for_range(p_rest, p_inner, 1, |kb, p| tile(kb, p, mb, pf, false));
             kb.if_(has_edge, |kb| {
                 let p = kb.i(panels as i64 - 1);
