@@ -4,15 +4,20 @@
 //! Relu/Clip (in registers) and Sigmoid (after the store). Each node's
 //! output is a graph output.
 
-use cpucc::ir::{Attr, Attrs, Graph, Tensor, ValueType};
+use cpucc::ir::{Attr, Attrs, Graph, Tensor, ValueId, ValueType};
 use cpucc::random::SplitMix64;
 
-/// A node operand: a fresh graph input or a fresh constant of this shape.
+/// A node operand: a fresh graph input or a fresh constant of this shape,
+/// or a fresh input negated by a node first (a workspace value whose life
+/// ends at the node: as a fused op's residual, the memory plan may put the
+/// op's output over it, and the kernel accumulates onto it; that output
+/// is then negated too, to be a workspace value itself).
 pub enum Arg {
     In(Vec<usize>),
     Const(Vec<usize>),
+    Dying(Vec<usize>),
 }
-use Arg::{Const, In};
+use Arg::{Const, Dying, In};
 
 /// Random operand values for a shape.
 pub type Data = fn(&mut SplitMix64, &[usize]) -> Tensor;
@@ -50,6 +55,12 @@ impl Builder {
                     let t = (self.data)(&mut self.rng, s);
                     self.g.add_const(&name, t).unwrap()
                 }
+                Dying(s) => {
+                    let t = (self.data)(&mut self.rng, s);
+                    let id = self.g.add_input(&name, ValueType::of(&t)).unwrap();
+                    self.inputs.push((name.clone(), t));
+                    self.neg(&name, id)
+                }
             }));
         }
         let mut a = Attrs::default();
@@ -60,8 +71,26 @@ impl Builder {
             .g
             .add_node(&format!("n{k}"), op, 13, a, ids, &[format!("y{k}")])
             .unwrap();
-        let out = self.g.node(n).outputs[0];
+        let mut out = self.g.node(n).outputs[0];
+        if args.iter().any(|a| matches!(a, Dying(_))) {
+            out = self.neg(&format!("y{k}"), out);
+        }
         self.g.outputs.push(out);
+    }
+
+    fn neg(&mut self, name: &str, x: ValueId) -> ValueId {
+        let n = self
+            .g
+            .add_node(
+                &format!("{name}_neg"),
+                "Neg",
+                13,
+                Attrs::default(),
+                vec![Some(x)],
+                &[format!("{name}_neg")],
+            )
+            .unwrap();
+        self.g.node(n).outputs[0]
     }
 }
 
@@ -101,6 +130,17 @@ pub fn graph(seed: u64, data: Data, e: Edges) -> (Graph, Vec<(String, Tensor)>) 
             In(vec![29, 97]),
         ],
     );
+    // Two depth blocks and a tail, accumulating onto the residual.
+    b.node(
+        "cpucc.FusedMatMul",
+        &[act("Relu")],
+        &[
+            In(vec![17, d]),
+            Const(vec![d, 45]),
+            Const(vec![45]),
+            Dying(vec![17, 45]),
+        ],
+    );
     b.node(
         "cpucc.FusedGemm",
         &[
@@ -113,10 +153,13 @@ pub fn graph(seed: u64, data: Data, e: Edges) -> (Graph, Vec<(String, Tensor)>) 
         ],
         &[In(vec![r, 23]), Const(vec![65, 23]), Const(vec![r, 1])],
     );
-    for (x, w, s, p) in [
+    for (i, (x, w, s, p)) in [
         ([1, 9, 9, 5], [40, 5, 3, 3], 2, 1),
         ([2, 4, 5, 16], [33, 16, 1, 1], 1, 0),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let oh = (x[1] + 2 * p - w[2]) / s + 1;
         let ow = (x[2] + 2 * p - w[3]) / s + 1;
         b.node(
@@ -131,7 +174,11 @@ pub fn graph(seed: u64, data: Data, e: Edges) -> (Graph, Vec<(String, Tensor)>) 
                 In(x.to_vec()),
                 Const(w.to_vec()),
                 Const(vec![w[0]]),
-                In(vec![x[0], oh, ow, w[0]]),
+                if i == 0 {
+                    In(vec![x[0], oh, ow, w[0]])
+                } else {
+                    Dying(vec![x[0], oh, ow, w[0]])
+                },
             ],
         );
     }

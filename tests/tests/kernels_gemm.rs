@@ -32,15 +32,20 @@ fn targets() -> Vec<Target> {
     v
 }
 
-/// A node operand: a run-time input, a constant, or an optional input
-/// left out.
+/// A node operand: a run-time input, a constant, an optional input left
+/// out, or a run-time input negated by a node first: a workspace value
+/// whose life ends at the node, so the memory plan may put a fused op's
+/// output over it when it is the residual (the kernels then accumulate
+/// onto it; the node's output is then negated too, to be a workspace
+/// value itself).
 #[derive(Clone)]
 enum Arg {
     In(Tensor),
     Const(Tensor),
     Absent,
+    Dying(Tensor),
 }
-use Arg::{Absent, Const, In};
+use Arg::{Absent, Const, Dying, In};
 
 /// One node over `args` (in the node's input order): the interpreter's
 /// output, and each native target's from two runs (the second reuses the
@@ -54,6 +59,7 @@ fn outputs(
     let mut g = Graph::new("t");
     let mut ids = Vec::new();
     let mut ins = Vec::new();
+    let dying = args.iter().any(|a| matches!(a, Dying(_)));
     for (i, arg) in args.into_iter().enumerate() {
         ids.push(match arg {
             In(t) => {
@@ -63,15 +69,45 @@ fn outputs(
             }
             Const(t) => Some(g.add_const(&format!("c{i}"), t).unwrap()),
             Absent => None,
+            Dying(t) => {
+                let id = g.add_input(&format!("x{i}"), ValueType::of(&t)).unwrap();
+                ins.push(t);
+                let neg = g
+                    .add_node(
+                        &format!("neg{i}"),
+                        "Neg",
+                        13,
+                        Attrs::default(),
+                        vec![Some(id)],
+                        &[format!("d{i}")],
+                    )
+                    .unwrap();
+                Some(g.node(neg).outputs[0])
+            }
         });
     }
     let mut a = Attrs::default();
     for (k, v) in attrs {
         a.set(k, v.clone());
     }
-    let node = g
+    let mut node = g
         .add_node("n", op, opset, a, ids, &["y".to_string()])
         .unwrap();
+    if dying {
+        // A workspace output too (the plan writes graph outputs to the
+        // caller's buffers): its negation is the graph's.
+        let y = g.node(node).outputs[0];
+        node = g
+            .add_node(
+                "neg",
+                "Neg",
+                13,
+                Attrs::default(),
+                vec![Some(y)],
+                &["z".to_string()],
+            )
+            .unwrap();
+    }
     g.outputs = g.node(node).outputs.clone();
     let want = interp::run(&g, &ins).unwrap().remove(0).to_f64_vec();
     let mut got = Vec::new();
@@ -119,6 +155,16 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (3, 5, 161),
 ];
 
+/// The residual operand of the `i`-th check of a loop: a graph input and
+/// a dying workspace value in turn.
+fn residual(i: usize, res: &Tensor) -> Arg {
+    if i.is_multiple_of(2) {
+        In(res.clone())
+    } else {
+        Dying(res.clone())
+    }
+}
+
 fn act(name: &str) -> (&'static str, Attr) {
     ("activation", Attr::String(name.to_string()))
 }
@@ -160,7 +206,7 @@ fn matmul_batch_of_rows_times_one_weight() {
         "cpucc.FusedMatMul",
         13,
         &[act("Relu")],
-        vec![In(a), Const(b), Const(bias), In(res)],
+        vec![In(a), Const(b), Const(bias), Dying(res)],
     );
     // A batch of 3 under a broadcast batch of 2 still takes per-batch GEMMs.
     let a = data(&mut rng, &[2, 3, 1, 40]);
@@ -221,7 +267,7 @@ fn fused_matmul_epilogues() {
             vec![act("Sigmoid")],
             vec![act("LeakyRelu"), ("act_alpha", Attr::Float(0.1))],
         ];
-        for attrs in &acts {
+        for (i, attrs) in acts.iter().enumerate() {
             check(
                 "cpucc.FusedMatMul",
                 13,
@@ -230,7 +276,7 @@ fn fused_matmul_epilogues() {
                     In(a.clone()),
                     Const(b.clone()),
                     Const(bias.clone()),
-                    In(res.clone()),
+                    residual(i, &res),
                 ],
             );
         }
@@ -260,6 +306,24 @@ fn fused_gemm_alpha_beta_bias_shapes_and_transposes() {
                     vec![In(a.clone()), Const(b.clone()), Const(c)],
                 );
             }
+            // With a residual: alpha 1 may accumulate onto it in place,
+            // alpha 0.75 must not (it would scale the residual).
+            let (c, res) = (data(&mut rng, &[n]), data(&mut rng, &[m, n]));
+            for alpha in [1.0, 0.75] {
+                let attrs = [
+                    ("transA", Attr::Int(ta)),
+                    ("transB", Attr::Int(tb)),
+                    ("alpha", Attr::Float(alpha)),
+                    act("Relu"),
+                ];
+                let args = vec![
+                    In(a.clone()),
+                    Const(b.clone()),
+                    Const(c.clone()),
+                    Dying(res.clone()),
+                ];
+                check("cpucc.FusedGemm", 13, &attrs, args);
+            }
         }
     }
 }
@@ -288,7 +352,10 @@ fn fused_conv_shapes_groups_and_residual() {
             ("pads", Attr::Ints(vec![p as i64; 4])),
             ("group", Attr::Int(grp as i64)),
         ];
-        for a in [None, Some("Relu"), Some("HardSwish")] {
+        for (i, a) in [None, Some("Relu"), Some("HardSwish")]
+            .into_iter()
+            .enumerate()
+        {
             let mut attrs = geo.to_vec();
             if let Some(a) = a {
                 attrs.push(act(a));
@@ -301,7 +368,7 @@ fn fused_conv_shapes_groups_and_residual() {
                     In(x.clone()),
                     Const(wt.clone()),
                     Const(b.clone()),
-                    In(res.clone()),
+                    residual(i, &res),
                 ],
             );
         }
@@ -374,7 +441,10 @@ fn channels_last_conv_as_gemm() {
             ("group", Attr::Int(grp)),
             ("layout", Attr::String("NHWC".into())),
         ];
-        for a in [None, Some("Relu"), Some("Tanh"), Some("Sigmoid")] {
+        for (i, a) in [None, Some("Relu"), Some("Tanh"), Some("Sigmoid")]
+            .into_iter()
+            .enumerate()
+        {
             let mut attrs = geo.to_vec();
             if let Some(a) = a {
                 attrs.push(act(a));
@@ -387,7 +457,7 @@ fn channels_last_conv_as_gemm() {
                     In(x.clone()),
                     Const(wt.clone()),
                     Const(b.clone()),
-                    In(res.clone()),
+                    residual(i, &res),
                 ],
             );
         }
@@ -448,7 +518,7 @@ fn channels_last_depthwise_conv() {
             ("act_beta", Attr::Float(6.0)),
         ];
         let acts: Vec<Vec<(&str, Attr)>> = vec![vec![], relu6.to_vec(), vec![act("HardSwish")]];
-        for a in acts {
+        for (i, a) in acts.into_iter().enumerate() {
             let mut attrs = geo.to_vec();
             attrs.extend(a);
             check(
@@ -459,7 +529,7 @@ fn channels_last_depthwise_conv() {
                     In(x.clone()),
                     Const(wt.clone()),
                     Const(b.clone()),
-                    In(res.clone()),
+                    residual(i, &res),
                 ],
             );
         }
@@ -669,7 +739,7 @@ fn matmul_rows_on_one_cache_set() {
             "cpucc.FusedMatMul",
             13,
             &[act("Relu")],
-            vec![In(a), Const(b), Const(bias), In(res)],
+            vec![In(a), Const(b), Const(bias), Dying(res)],
         );
     }
 }

@@ -21,7 +21,9 @@
 //! reuse: an elementwise op (same-index read-before-write) may write its
 //! output exactly over an input that is an `Arena` value of the same shape
 //! and byte size whose life ends at that op, when no other input of the op
-//! is a view of it. Blocks are reused best-fit (the smallest free block that
+//! is a view of it; a fused Conv/Gemm/MatMul likewise over its residual
+//! (input 3) when no other input is it or a view of it and alpha is 1 (the
+//! kernels then accumulate onto the residual, `Gemm::accumulates`). Blocks are reused best-fit (the smallest free block that
 //! fits, split; freed neighbours coalesce). `arena_bytes` is the peak extent;
 //! `intermediate_bytes` the unaligned sum of every value a node computes
 //! that is not a graph output, views included.
@@ -49,6 +51,14 @@ pub struct MemoryPlan {
     pub arena_bytes: usize,
     pub intermediate_bytes: usize,
 }
+
+/// Fused GEMM-like ops whose output may take over their residual input
+/// (index [`RESIDUAL`]): the kernels then start from the residual in the
+/// output and add the products onto it (`Gemm::accumulates`), so a
+/// residual block reads and writes one buffer, not two. Gemm's `alpha`
+/// would scale the residual too, so only `alpha = 1` qualifies.
+const ACCUMULATING: &[&str] = &["cpucc.FusedConv", "cpucc.FusedGemm", "cpucc.FusedMatMul"];
+const RESIDUAL: usize = 3;
 
 const VIEW_OPS: &[&str] = &["Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"];
 
@@ -246,11 +256,24 @@ fn in_place_source(
     t: usize,
     taken: &[ValueId],
 ) -> Option<ValueId> {
-    if !ELEMENTWISE.contains(&node.op.as_str()) || node.outputs.len() != 1 {
+    if node.outputs.len() != 1 {
         return None;
     }
+    let accumulating = ACCUMULATING.contains(&node.op.as_str());
+    let candidates: Vec<ValueId> = if ELEMENTWISE.contains(&node.op.as_str()) {
+        node.inputs.iter().flatten().copied().collect()
+    } else if accumulating && node.attrs.float("alpha", 1.0).ok() == Some(1.0) {
+        node.inputs
+            .get(RESIDUAL)
+            .copied()
+            .flatten()
+            .into_iter()
+            .collect()
+    } else {
+        return None;
+    };
     let out = g.value(o);
-    node.inputs.iter().flatten().copied().find(|&i| {
+    candidates.into_iter().find(|&i| {
         let v = g.value(i);
         matches!(slots[i.0], Slot::Arena { .. })
             && last.get(&i) == Some(&t)
@@ -258,11 +281,12 @@ fn in_place_source(
             && v.ty.shape == out.ty.shape
             && v.ty.dtype.size_bytes() == out.ty.dtype.size_bytes()
             && v.layout == out.layout
-            && node
-                .inputs
-                .iter()
-                .flatten()
-                .all(|&j| j == i || root_of(slots, j) != i)
+            && node.inputs.iter().enumerate().all(|(at, j)| {
+                // An elementwise op reads an input twice at the same index;
+                // a GEMM reads its other inputs everywhere.
+                let same_index = !accumulating || at == RESIDUAL;
+                j.is_none_or(|j| (j == i && same_index) || root_of(slots, j) != i)
+            })
     })
 }
 

@@ -194,3 +194,53 @@ fn unreferenced_values_are_unused() {
     assert_eq!(p.slots[b.0], Slot::Unused);
     assert_eq!(p.arena_bytes, 0);
 }
+
+/// `name`: a fused op over `x` (f32[1,16]) and a 16x16 weight, with
+/// `residual` as input 3 (no bias) and `alpha`.
+fn fused(g: &mut Graph, name: &str, x: &str, residual: &str, alpha: f32) -> ValueId {
+    let w = g
+        .add_const(&format!("{name}_w"), Tensor::zeros(DType::F32, &[16, 16]))
+        .unwrap();
+    let (x, r) = (g.find(x).unwrap(), g.find(residual).unwrap());
+    let mut attrs = Attrs::default();
+    attrs.set("alpha", crate::ir::Attr::Float(alpha));
+    let op = if alpha == 1.0 {
+        "cpucc.FusedMatMul"
+    } else {
+        "cpucc.FusedGemm"
+    };
+    let ins = vec![Some(x), Some(w), None, Some(r)];
+    g.add_node(
+        &format!("{name}_node"),
+        op,
+        13,
+        attrs,
+        ins,
+        &[name.to_string()],
+    )
+    .unwrap();
+    g.find(name).unwrap()
+}
+
+#[test]
+fn fused_ops_accumulate_onto_a_dying_residual() {
+    let mut g = graph();
+    op(&mut g, "Softmax", &["x"], "a");
+    let r = op(&mut g, "Softmax", &["x"], "r");
+    // `r` dies at `f`: `f` takes its block.
+    let f = fused(&mut g, "f", "a", "r", 1.0);
+    let r2 = op(&mut g, "Softmax", &["f"], "r2");
+    // Gemm's alpha would scale the residual: a fresh block.
+    let h = fused(&mut g, "h", "a", "r2", 0.75);
+    // The residual is also the A input: a fresh block.
+    let k = fused(&mut g, "k", "h", "h", 1.0);
+    // `k` is read again after `m`: a fresh block.
+    let m = fused(&mut g, "m", "a", "k", 1.0);
+    let n = op(&mut g, "Add", &["m", "k"], "n");
+    g.outputs = vec![n];
+    let p = plan(&g).unwrap();
+    assert_eq!(arena(&p, f), arena(&p, r));
+    assert_ne!(arena(&p, h), arena(&p, r2));
+    assert_ne!(arena(&p, k), arena(&p, h));
+    assert_ne!(arena(&p, m), arena(&p, k));
+}

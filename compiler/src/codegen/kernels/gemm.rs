@@ -20,7 +20,7 @@ use super::elementwise::{gelu, hard_sigmoid};
 use super::{bf16gemm, bfmmla, math, sgemm_neon, sgemm_sve, zgemm};
 use crate::codegen::builder::{Kb, mem};
 use crate::codegen::lower::{Buf, Lower};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 pub const NR: usize = 8;
 pub const MR: usize = 4;
@@ -103,6 +103,30 @@ pub struct Gemm {
     /// Per batch element offsets (elements): A, C, bias, residual; the
     /// packed B entry is the index of the batch's panel set.
     pub offsets: Vec<[i64; 5]>,
+}
+
+impl Gemm {
+    /// Whether C holds the residual when the kernel starts: the memory
+    /// plan put the fused op's output over its dying residual
+    /// (`plan::ACCUMULATING`). The residual is then read as C: the
+    /// depth-blocked kernels load C into the accumulators on the first
+    /// block too and add no residual in the epilogue; the others read each
+    /// residual element before they write the same element of C. (Same
+    /// shape, so same strides: they differ only where a dimension is 1.)
+    pub fn accumulates(&self) -> bool {
+        self.residual.as_ref().is_some_and(|r| r.buf == self.c.buf)
+    }
+
+    /// For the kernels that start from C: the residual in C would be
+    /// scaled by alpha too, which the plan rules out.
+    pub fn check_accumulate(&self) -> Result<()> {
+        if self.accumulates() && self.alpha != 1.0 {
+            return Err(Error::Internal(
+                "a GEMM accumulating onto its residual has alpha != 1".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The panel width the kernel chosen for `g` reads.

@@ -174,7 +174,7 @@ fn drive(lw: &mut Lower, g: &Gemm, packed: Buf, t: &Tiles) -> Result<()> {
                 let last = kbi == kblocks - 1;
                 let depth = if last { klast } else { kc };
                 let mut ctl = (depth as i64) << 34;
-                if kbi > 0 {
+                if kbi > 0 || g.accumulates() {
                     ctl |= 1 << 32;
                 }
                 if last {
@@ -276,6 +276,7 @@ pub fn compute(
     isa: &str,
     assemble: fn(&Tile) -> std::result::Result<Vec<u8>, String>,
 ) -> Result<()> {
+    g.check_accumulate()?;
     let act_in_regs = in_registers(g.act);
     let tile = |mr| Tile {
         mr,
@@ -283,7 +284,11 @@ pub fn compute(
         ldc: g.c.rs,
         bias: g.bias.as_ref().map(|b| (b.rs, b.cs == 1)),
         beta: g.beta,
-        res: g.residual.as_ref().map(|r| (r.rs, r.cs == 1)),
+        res: g
+            .residual
+            .as_ref()
+            .filter(|_| !g.accumulates())
+            .map(|r| (r.rs, r.cs == 1)),
         alpha: g.alpha,
         act: if act_in_regs { g.act } else { Act::None },
     };
