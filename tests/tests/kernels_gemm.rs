@@ -403,7 +403,7 @@ fn channels_last_conv_as_gemm() {
     // its pixels); pads past the kernel and uneven, leftover depths of the
     // segment loops, a kernel row split across depth blocks (C = 100),
     // and blocks of 2, 2 and 1 kernel rows (5x5, C = 16).
-    let cases: [NhwcCase; 21] = [
+    let cases: [NhwcCase; 22] = [
         (2, 3, 5, 4, 33, 3, 1, [4, 3, 0, 5], 1, 1),
         (1, 5, 17, 17, 34, 3, 2, [1, 1, 0, 0], 1, 1),
         (1, 100, 6, 7, 65, 3, 1, [1; 4], 1, 1),
@@ -425,6 +425,9 @@ fn channels_last_conv_as_gemm() {
         (1, 4, 9, 9, 6, 3, 1, [2; 4], 2, 1),
         (1, 6, 8, 7, 5, 3, 1, [1, 0, 0, 1], 1, 1),
         (1, 8, 6, 6, 8, 3, 1, [1; 4], 1, 2),
+        // Stride 2 over rows of 29 KiB: 8 output rows per item fit the
+        // strided copy's 512 KiB.
+        (1, 256, 28, 28, 40, 3, 2, [1; 4], 1, 1),
     ];
     for (n, c, h, w, o, k, s, pads, d, grp) in cases {
         let x = data(&mut rng, &[n, h, w, c]);
