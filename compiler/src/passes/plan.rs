@@ -23,8 +23,9 @@
 //! and byte size whose life ends at that op, when no other input of the op
 //! is a view of it; a fused Conv/Gemm/MatMul likewise over its residual
 //! (input 3) when no other input is it or a view of it and alpha is 1 (the
-//! kernels then accumulate onto the residual, `Gemm::accumulates`). Blocks are reused best-fit (the smallest free block that
-//! fits, split; freed neighbours coalesce). `arena_bytes` is the peak extent;
+//! kernels then accumulate onto the residual, `Gemm::accumulates`). Blocks
+//! are reused best-fit (the smallest free block that fits, split; freed
+//! neighbours coalesce). `arena_bytes` is the peak extent;
 //! `intermediate_bytes` the unaligned sum of every value a node computes
 //! that is not a graph output, views included.
 
