@@ -97,6 +97,24 @@ impl Arena {
         self.len == 0
     }
 
+    /// Makes a mapped arena's pages read-only (an error for a small, heap
+    /// arena, whose pages it shares with other allocations).
+    pub fn make_read_only(&self) -> io::Result<()> {
+        let Kind::Map { .. } = self.kind else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "only a mapped arena can be made read-only",
+            ));
+        };
+        let len = self.len.next_multiple_of(4096);
+        // SAFETY: `[ptr, ptr + len)` lies inside the mapping (its body is
+        // a whole number of huge pages from the page-aligned `ptr`).
+        if unsafe { libc::mprotect(self.ptr.as_ptr().cast(), len, libc::PROT_READ) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Whether the memory is advised for transparent huge pages.
     pub fn huge_pages(&self) -> bool {
         matches!(self.kind, Kind::Map { huge: true, .. })
@@ -126,20 +144,6 @@ impl Drop for Arena {
     }
 }
 
-/// Advises the whole huge pages inside `[ptr, ptr + len)` (memory that is
-/// already mapped, e.g. a JIT's weight data) for transparent huge pages.
-/// Returns whether the kernel accepted (false when no whole page fits).
-pub fn advise_huge_pages(ptr: *const u8, len: usize) -> bool {
-    let start = (ptr as usize).next_multiple_of(HUGE_PAGE);
-    let end = (ptr as usize + len) / HUGE_PAGE * HUGE_PAGE;
-    if end <= start {
-        return false;
-    }
-    // SAFETY: madvise only changes paging policy of mapped memory the
-    // caller owns; an unmapped range is an error (ENOMEM), not UB.
-    unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) == 0 }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,14 +171,11 @@ mod tests {
     }
 
     #[test]
-    fn advising_needs_a_whole_huge_page() {
-        let v = vec![0u8; 3 * HUGE_PAGE];
-        assert!(!advise_huge_pages(v.as_ptr(), HUGE_PAGE - 1));
-        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-            .unwrap_or_default();
-        if thp.contains("[always]") || thp.contains("[madvise]") {
-            // 3 pages hold at least 2 aligned whole pages.
-            assert!(advise_huge_pages(v.as_ptr(), v.len()));
-        }
+    fn mapped_arenas_become_read_only() {
+        let mut a = Arena::new(HUGE_PAGE + 5).unwrap();
+        a.as_mut_slice()[0] = 7;
+        a.make_read_only().unwrap();
+        assert_eq!(a.as_slice()[0], 7);
+        assert!(Arena::new(100).unwrap().make_read_only().is_err());
     }
 }

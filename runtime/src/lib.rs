@@ -17,7 +17,7 @@ pub mod placement;
 mod pool;
 pub mod topology;
 
-pub use arena::{Arena, HUGE_PAGE, advise_huge_pages};
+pub use arena::{Arena, HUGE_PAGE};
 pub use capi::{cpucc_pool_create, cpucc_pool_destroy};
 pub use placement::PoolOptions;
 pub use pool::{CpuccPool, CpuccTask, Pool, Span, chunk};

@@ -247,6 +247,38 @@ fn broadcast_constant_b_is_packed_once() {
 }
 
 #[test]
+fn a_packed_weight_is_not_also_stored_raw() {
+    // The object holds the 1 MiB weight once, as the kernel's packed
+    // panels: the graph constant itself was defined as data too.
+    let mut rng = SplitMix64::new(9);
+    let mut g = Graph::new("t");
+    let x = g
+        .add_input("x", ValueType::new(DType::F32, vec![8, 512]))
+        .unwrap();
+    let w = g.add_const("w", data(&mut rng, &[512, 512])).unwrap();
+    let n = g
+        .add_node(
+            "n",
+            "MatMul",
+            13,
+            Attrs::default(),
+            vec![Some(x), Some(w)],
+            &["y".to_string()],
+        )
+        .unwrap();
+    g.outputs = g.node(n).outputs.clone();
+    for t in targets() {
+        let art = cpucc::codegen::artifact::compile(&g, &t, "m", &mut Dumps::default()).unwrap();
+        assert!(
+            art.object.len() < 1536 * 1024,
+            "{}: a {}-byte object for a 1 MiB weight",
+            t.name,
+            art.object.len()
+        );
+    }
+}
+
+#[test]
 fn fused_matmul_epilogues() {
     let mut rng = SplitMix64::new(3);
     for &(m, k, n) in SHAPES {

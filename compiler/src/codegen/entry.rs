@@ -35,8 +35,6 @@ const POOL_PARALLEL_FOR: i32 = 16;
 pub struct Entry {
     pub run: FuncId,
     pub workspace: FuncId,
-    /// Data objects of at least a huge page (see `Lower::large_data`).
-    pub large_data: Vec<cranelift_module::DataId>,
     /// Kernels use AMX tiles (`N_run` asks for permission first).
     pub uses_amx: bool,
 }
@@ -154,6 +152,11 @@ pub fn emit(
                         let gv = lw.module.declare_data_in_func(d, b.func);
                         b.ins().symbol_value(I64, gv)
                     }
+                    Buf::Const(c) => {
+                        let d = lw.const_data(c)?;
+                        let gv = lw.module.declare_data_in_func(d, b.func);
+                        b.ins().symbol_value(I64, gv)
+                    }
                 };
                 b.ins().stack_store(I64, ptr, slot, (j * 8) as i32);
             }
@@ -222,7 +225,6 @@ pub fn emit(
     Ok(Entry {
         run,
         workspace,
-        large_data: std::mem::take(&mut lw.large_data),
         uses_amx: lw.uses_amx,
     })
 }

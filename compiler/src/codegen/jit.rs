@@ -6,6 +6,7 @@
 use cpucc_runtime::Arena;
 use cranelift_jit::{JITBuilder, JITModule};
 
+use super::jit_memory::HugeWeights;
 use super::{Dumps, Interface, Options, Target, isa, lower_graph};
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Tensor};
@@ -56,7 +57,8 @@ impl JitModel {
         opts: &Options,
     ) -> Result<JitModel> {
         let isa = isa::build(target, false)?;
-        let builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+        let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+        builder.memory_provider(Box::new(HugeWeights::new()));
         let mut module = JITModule::new(builder);
         let (iface, ent) = lower_graph(g, &mut module, target, "model", dumps, profile, opts)?;
         if ent.uses_amx {
@@ -67,11 +69,6 @@ impl JitModel {
         module
             .finalize_definitions()
             .map_err(|e| Error::Internal(format!("JIT finalize: {e}")))?;
-        for &d in &ent.large_data {
-            let (ptr, len) = module.get_finalized_data(d);
-            // Only a hint: without THP the weights stay on small pages.
-            cpucc_runtime::advise_huge_pages(ptr, len);
-        }
         let ptr = module.get_finalized_function(ent.run);
         // SAFETY: `ent.run` was defined with exactly the `RunFn` signature
         // in the host's default calling convention.

@@ -2,6 +2,8 @@
 //! kernels go into, the steps the entry function will run in order, constant
 //! data objects, and per-node scratch space in the workspace.
 
+use std::sync::Arc;
+
 use cranelift_codegen::Context;
 use cranelift_codegen::ir::{FuncRef, Function, Signature, UserFuncName};
 use cranelift_codegen::isa::CallConv;
@@ -21,6 +23,10 @@ pub enum Buf {
     /// Byte offset into the workspace (planned arena values and scratch).
     Work(usize),
     Data(DataId),
+    /// Graph constant `i` of `Lower::consts`, defined as data only once a
+    /// step passes it to a kernel: a GEMM that reads a packed copy of its
+    /// weights leaves the original out of the object.
+    Const(usize),
 }
 
 /// The bf16 matrix instructions `--fast-math bf16` lowers GEMMs to.
@@ -69,6 +75,8 @@ pub struct Operand {
 
 pub struct Lower<'m> {
     pub module: &'m mut dyn Module,
+    /// Graph constants (see [`Buf::Const`]) and their data once defined.
+    consts: Vec<(Arc<Tensor>, Option<DataId>)>,
     pub cc: CallConv,
     pub fma: bool,
     /// The target has AVX-512F: GEMMs use the machine-code microkernels.
@@ -98,9 +106,6 @@ pub struct Lower<'m> {
     pub node_tag: String,
     /// Nodes the steps come from; the last one is current.
     pub sources: Vec<Source>,
-    /// Read-only data objects of at least a huge page (weights), which the
-    /// JIT advises for transparent huge pages.
-    pub large_data: Vec<DataId>,
     /// `--fast-math bf16`: the instructions bf16 GEMMs use.
     pub bf16: Option<Bf16Isa>,
     /// `--fast-math bf16` on an aarch64 target with SVE and BF16: GEMMs
@@ -130,6 +135,7 @@ impl<'m> Lower<'m> {
         let cc = module.isa().default_call_conv();
         Lower {
             module,
+            consts: Vec::new(),
             cc,
             fma,
             avx512: false,
@@ -149,7 +155,6 @@ impl<'m> Lower<'m> {
             asm: None,
             node_tag: String::new(),
             sources: Vec::new(),
-            large_data: Vec::new(),
             bf16: None,
             bfmmla: false,
             bf16_packed: Vec::new(),
@@ -262,6 +267,10 @@ impl<'m> Lower<'m> {
 
     /// Read-only data in the object (weights, tables).
     pub fn data(&mut self, bytes: Vec<u8>) -> Result<Buf> {
+        self.data_id(bytes).map(Buf::Data)
+    }
+
+    fn data_id(&mut self, bytes: Vec<u8>) -> Result<DataId> {
         let name = format!("{}_d{}", self.prefix, self.counter);
         self.counter += 1;
         let id = self
@@ -275,19 +284,32 @@ impl<'m> Lower<'m> {
         } else {
             bytes
         };
-        if bytes.len() >= cpucc_runtime::HUGE_PAGE {
-            self.large_data.push(id);
-        }
         d.define(bytes.into_boxed_slice());
         d.set_align(64);
         self.module
             .define_data(id, &d)
             .map_err(|e| Error::Internal(format!("define {name}: {e}")))?;
-        Ok(Buf::Data(id))
+        Ok(id)
     }
 
     pub fn tensor_data(&mut self, t: &Tensor) -> Result<Buf> {
         self.data(t.to_le_bytes())
+    }
+
+    /// A graph constant, defined as data when a step first uses it.
+    pub fn graph_const(&mut self, t: Arc<Tensor>) -> Buf {
+        self.consts.push((t, None));
+        Buf::Const(self.consts.len() - 1)
+    }
+
+    /// The data of graph constant `i`, defined on first use.
+    pub fn const_data(&mut self, i: usize) -> Result<DataId> {
+        if let Some(d) = self.consts[i].1 {
+            return Ok(d);
+        }
+        let d = self.data_id(self.consts[i].0.to_le_bytes())?;
+        self.consts[i].1 = Some(d);
+        Ok(d)
     }
 
     /// Scratch space for the current node; freed when the next node starts.

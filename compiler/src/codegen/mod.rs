@@ -12,6 +12,7 @@ mod nest;
 
 pub mod artifact;
 pub mod jit;
+mod jit_memory;
 
 use std::collections::HashMap;
 
@@ -128,7 +129,7 @@ pub fn lower_graph(
                     let t = g.value(v).constant.clone().ok_or_else(|| {
                         Error::Internal(format!("value '{}' planned as constant", g.value(v).name))
                     })?;
-                    lw.tensor_data(&t)?
+                    lw.graph_const(t)
                 }
                 Slot::View(src) => {
                     v = src;
