@@ -500,6 +500,56 @@ fn channels_last_conv_as_gemm() {
     }
 }
 
+/// 3x3 stride-1 convolutions of at least 256 channels and 256 output
+/// tiles (2x2 blocks over the batch) take Winograd F(2x2, 3x3): odd
+/// output sizes (edge tiles), uneven pads, an edge panel of one column
+/// (the dot tiles) and of 16, channels with a scalar tail, and several
+/// tile blocks and column groups per image.
+#[test]
+fn channels_last_winograd_conv() {
+    let mut rng = SplitMix64::new(12);
+    // (N, C, H, W, O, pads)
+    let cases: [(usize, usize, usize, usize, usize, [i64; 4]); 4] = [
+        (1, 256, 31, 33, 33, [1; 4]),
+        (2, 256, 23, 22, 70, [0, 1, 2, 1]),
+        (1, 259, 32, 32, 16, [1; 4]),
+        (1, 256, 32, 32, 96, [1; 4]),
+    ];
+    for (n, c, h, w, o, pads) in cases {
+        let x = data(&mut rng, &[n, h, w, c]);
+        let wt = data(&mut rng, &[o, c, 3, 3]);
+        let b = data(&mut rng, &[o]);
+        let oh = (h as i64 + pads[0] + pads[2] - 2) as usize;
+        let ow = (w as i64 + pads[1] + pads[3] - 2) as usize;
+        let res = data(&mut rng, &[n, oh, ow, o]);
+        let geo = [
+            ("pads", Attr::Ints(pads.to_vec())),
+            ("layout", Attr::String("NHWC".into())),
+        ];
+        for (i, a) in [None, Some("Relu"), Some("Sigmoid")]
+            .into_iter()
+            .enumerate()
+        {
+            let mut attrs = geo.to_vec();
+            if let Some(a) = a {
+                attrs.push(act(a));
+            }
+            check(
+                "cpucc.FusedConv",
+                13,
+                &attrs,
+                vec![
+                    In(x.clone()),
+                    Const(wt.clone()),
+                    Const(b.clone()),
+                    residual(i, &res),
+                ],
+            );
+        }
+        check("Conv", 13, &geo, vec![In(x), Const(wt)]);
+    }
+}
+
 /// (N, C, H, W, KH, KW, stride, pads, dilation)
 type DwCase = (
     usize,

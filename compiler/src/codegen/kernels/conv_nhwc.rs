@@ -18,7 +18,7 @@ use super::bf16gemm;
 use super::conv_direct;
 use super::gemm::{self, Gemm, Mat};
 use super::linalg::{ConvGeom, activation, conv_geom_of};
-use super::zgemm;
+use super::{winograd, zgemm};
 use crate::codegen::builder::Kb;
 use crate::codegen::lower::{Buf, Lower};
 use crate::error::Result;
@@ -116,6 +116,17 @@ pub fn lower(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     if let Some((g, geo)) = bf16_gather(lw, &gemm_for, x.buf, (n, h, wd, c), ow, &geo) {
         let packed = gemm::pack_weights(lw, &g, &bmat, &[0], kk, o, o, 1)?;
         return bf16gemm::conv(lw, &g, packed, &geo);
+    }
+    if let Some(wg) = winograd::Wino::new(lw, (n, h, wd, c), o, &geo) {
+        let a = Mat {
+            buf: x.buf,
+            rs: c as i64,
+            cs: 1,
+        };
+        let g = gemm_for(p, a, kk, 0);
+        if zgemm::fits(lw, &g) {
+            return winograd::lower(lw, &g, x.buf, &wg, &wv);
+        }
     }
     if let Some(d) = conv_direct::Direct::new(lw, (n, h, wd, c), &geo) {
         let a = Mat {

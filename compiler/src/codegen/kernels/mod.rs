@@ -37,6 +37,7 @@ mod softmax;
 mod taps;
 mod tiled;
 mod topk;
+mod winograd;
 mod zact;
 pub(crate) mod zcopy;
 mod zdepthwise;
