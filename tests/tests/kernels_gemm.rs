@@ -500,20 +500,23 @@ fn channels_last_conv_as_gemm() {
     }
 }
 
-/// 3x3 stride-1 convolutions of at least 256 channels and 256 output
+/// 3x3 stride-1 convolutions of at least 64 channels and 32 output
 /// tiles (2x2 blocks over the batch) take Winograd F(2x2, 3x3): odd
 /// output sizes (edge tiles), uneven pads, an edge panel of one column
-/// (the dot tiles) and of 16, channels with a scalar tail, and several
-/// tile blocks and column groups per image.
+/// (the dot tiles) and of 16, channels with a scalar tail, several tile
+/// blocks and column groups per image, and the input transform by rows
+/// (256 x 256) as well as all at once.
 #[test]
 fn channels_last_winograd_conv() {
     let mut rng = SplitMix64::new(12);
     // (N, C, H, W, O, pads)
-    let cases: [(usize, usize, usize, usize, usize, [i64; 4]); 4] = [
+    let cases: [(usize, usize, usize, usize, usize, [i64; 4]); 6] = [
         (1, 256, 31, 33, 33, [1; 4]),
-        (2, 256, 23, 22, 70, [0, 1, 2, 1]),
+        (2, 64, 9, 10, 20, [1, 0, 1, 2]),
         (1, 259, 32, 32, 16, [1; 4]),
         (1, 256, 32, 32, 96, [1; 4]),
+        (1, 256, 12, 12, 256, [1; 4]),
+        (2, 256, 7, 7, 66, [1; 4]),
     ];
     for (n, c, h, w, o, pads) in cases {
         let x = data(&mut rng, &[n, h, w, c]);

@@ -5,14 +5,14 @@
 //!
 //! Each 2x2 output block is a *tile*, read from the 4x4 input patch
 //! around it. A work item takes a block of an image's tiles (and a group
-//! of column panels); for each of the 16 transform positions `xi` it
-//!  1. writes `V_xi = (B' d B)_xi` of every tile's patch `d`, a T x C
-//!     matrix on the stack (each entry is a signed sum of 4 inputs);
-//!  2. multiplies it by the packed `U_xi = (G g G')_xi` (C x O, the
-//!     weights transformed at compile time) into `M_xi` (T x O, stack);
-//!
-//! and then computes every output block `A' M A` with the epilogue (bias,
-//! residual, activation), storing the positions inside the output.
+//! of column panels). It writes the transformed patches `V = B' d B` of
+//! its tiles to the stack, for all 16 positions `xi` at once where the
+//! buffer holds enough tiles, else one row of the transform (4 positions)
+//! at a time; multiplies each `V_xi` (T x C) by the packed
+//! `U_xi = (G g G')_xi` (C x O, the weights transformed at compile time)
+//! into `M_xi` (T x O, stack); and then computes every output block
+//! `A' M A` with the epilogue (bias, residual, activation), storing the
+//! positions inside the output.
 //!
 //! F(2x2, 3x3) transforms hold only 0, +-1 and +-1/2, so its rounding
 //! stays within a few ulps of the direct sum (larger tiles, F(4x4, 3x3),
@@ -32,19 +32,25 @@ use crate::error::Result;
 
 /// Fewer input channels than this leave the GEMMs too short to repay the
 /// transforms (a few operations per channel and tile; the GEMMs do `O`
-/// multiply-adds per channel and tile). ResNet-50 b32 at one thread,
-/// per layer: 256 channels 45.3 -> 36.0 ms, 512 50.5 -> 39.0 ms, but 128
-/// 45.2 -> 49.2 ms and 64 46.4 -> 77.0 ms.
-const MIN_C: usize = 256;
+/// multiply-adds per channel and tile). At 64 channels (ResNet-50's
+/// 56x56 layer, batch 8, one thread) it ran 11.5 -> 8.6 ms.
+const MIN_C: usize = 64;
 
 /// Fewer tiles (over the batch) than this leave the weights, 16/9 the
-/// direct form's, to dominate: at batch 1 ResNet-50's 14x14 and 7x7
-/// layers (49 and 16 tiles) stream them from memory and ran 1.55 -> 1.83
-/// and 1.95 -> 2.6 ms.
-const MIN_TILES: usize = 256;
+/// direct form's, to dominate: ResNet-50's 7x7x512 layers at batch 1 (16
+/// tiles) stream them from memory and ran 1.96 -> 2.08 ms; its 14x14
+/// ones (49 tiles) 1.56 -> 1.25 ms.
+const MIN_TILES: usize = 32;
 
 /// Stack bytes of an item's transformed input and GEMM results.
 const BUF_BYTES: usize = 768 << 10;
+
+/// Tiles per item below which the input transform runs a row of 4
+/// positions at a time (2 patch rows of loads each, 4 passes) rather
+/// than all 16 at once (each input loaded once), whose buffer holds 4
+/// times fewer tiles: at 512 channels (8 or 16 tiles an item) 12.2 ->
+/// 8.9 ms, at 64 channels (96 or 48) 11.3 -> 8.6 ms the other way.
+const JOINT_TILES: usize = 28;
 
 /// Items the split aims for, so two to four threads share the work.
 const WANT_ITEMS: usize = 4;
@@ -79,6 +85,8 @@ pub struct Wino {
     cv: usize,
     /// Column panels per group.
     ppg: usize,
+    /// Rows of the transform (of 4 positions each) per input pass.
+    rows: usize,
 }
 
 impl Wino {
@@ -109,8 +117,13 @@ impl Wino {
         let cv = (0..8)
             .map(|i| c + 16 * i)
             .find(|&cv| !zgemm::set_conflicts(cv as i64, tiles))?;
-        let per_tile = (cv + 16 * o) * 4;
-        let tb_max = BUF_BYTES / per_tile;
+        let tb_for = |rows: usize| BUF_BYTES / ((4 * rows * cv + 16 * o) * 4);
+        let rows = if tb_for(4) >= tiles.min(JOINT_TILES) {
+            4
+        } else {
+            1
+        };
+        let tb_max = tb_for(rows);
         if tb_max == 0 {
             return None;
         }
@@ -134,6 +147,7 @@ impl Wino {
             tb,
             cv,
             ppg,
+            rows,
         })
     }
 
@@ -207,14 +221,15 @@ pub fn lower(lw: &mut Lower, conv: &Gemm, x: Buf, d: &Wino, wv: &[f64]) -> Resul
     let nblk = d.tiles().div_ceil(tb);
     let groups = pl.panels.div_ceil(d.ppg);
     lw.note_kernel(format!(
-        "nhwc conv winograd F(2x2,3x3): {tb} tiles of {} per item, 16 avx512 gemms {ZMR}x{ZNR} tiles M={tb} N={o} K={c}, items {}x{nblk}x{groups}",
+        "nhwc conv winograd F(2x2,3x3): {tb} of {} tiles per item, input transform {}, 16 avx512 gemms {ZMR}x{ZNR} tiles M={tb} N={o} K={c}, items {}x{nblk}x{groups}",
         d.tiles(),
+        if d.rows == 4 { "all at once" } else { "by rows" },
         d.n
     ));
     let (bufs, bias_arg, res_arg) = item_bufs(x, packed, conv);
     let callees = pl.callees.clone();
     lw.kernel_calling(bufs, d.n * nblk * groups, false, &callees, |kb, refs| {
-        let vbuf = stack_buf(kb, tb * cv * 4);
+        let vbuf = stack_buf(kb, 4 * d.rows * tb * cv * 4);
         let mbuf = stack_buf(kb, 16 * tb * o * 4);
         // The patch's taps outside the input read this zero row.
         let zrow = stack_buf(kb, c * 4);
@@ -241,16 +256,19 @@ pub fn lower(lw: &mut Lower, conv: &Gemm, x: Buf, d: &Wino, wv: &[f64]) -> Resul
                 rows: zgemm::Rows::Linear { tail_mb },
             };
             for xi in 0..16 {
-                transform_input(kb, d, ximg, zrow, vbuf, t0, xi);
+                if xi % (4 * d.rows) == 0 {
+                    transform_input(kb, d, ximg, zrow, vbuf, t0, xi / 4);
+                }
+                let vx = kb.addi(vbuf, (xi % (4 * d.rows) * tb * cv * 4) as i64);
                 let base = zgemm::Bases {
-                    a: vbuf,
+                    a: vx,
                     b: kb.addi(up, xi as i64 * set_bytes),
                     c: kb.addi(mbuf, (xi * tb * o * 4) as i64),
                     bias: None,
                     res: None,
                 };
                 for (kbi, &(k0, _)) in pl.blocks.iter().enumerate() {
-                    let a = kb.addi(vbuf, (k0 * 4) as i64);
+                    let a = kb.addi(vx, (k0 * 4) as i64);
                     zgemm::emit_pass(kb, &g, &pl, refs, &zgemm::Bases { a, ..base }, &ranges, kbi);
                 }
             }
@@ -264,8 +282,10 @@ pub fn lower(lw: &mut Lower, conv: &Gemm, x: Buf, d: &Wino, wv: &[f64]) -> Resul
     })
 }
 
-/// Writes `V_xi` of tiles `[t0, t0 + tb)` of the image at `ximg` to
-/// `vbuf` (zero rows past the image's last tile).
+/// Writes `V_xi` of tiles `[t0, t0 + tb)` for the 4 positions of row `i`
+/// of the transform (`xi = 4i..4i+4`): `vbuf` holds their 4 matrices of
+/// `tb` rows, `cv` floats apart. Row `i` reads 2 rows of each patch; the
+/// 4 positions share their loads and column transforms.
 fn transform_input(
     kb: &mut Kb,
     d: &Wino,
@@ -273,10 +293,13 @@ fn transform_input(
     zrow: Value,
     vbuf: Value,
     t0: Value,
-    xi: usize,
+    i0: usize,
 ) {
-    let (ra, rb, rs) = BT[xi / 4];
-    let (ca, cb, cs) = BT[xi % 4];
+    let is: Vec<usize> = (i0..i0 + d.rows).collect();
+    // The patch rows these transform rows read.
+    let mut need: Vec<usize> = is.iter().flat_map(|&i| [BT[i].0, BT[i].1]).collect();
+    need.sort();
+    need.dedup();
     let (z, tb) = (kb.i(0), kb.i(d.tb as i64));
     kb.for_range(z, tb, 1, |kb, t| {
         let gt = kb.b.ins().iadd(t0, t);
@@ -290,45 +313,55 @@ fn transform_input(
         let r0 = kb.addi(r0, -(d.pt as i64));
         let c0 = kb.muli(tx, 2);
         let c0 = kb.addi(c0, -(d.pl as i64));
-        let tap = |kb: &mut Kb, r: usize, q: usize| {
+        let mut taps = vec![[z; 4]; need.len()];
+        for (row, &r) in taps.iter_mut().zip(&need) {
             let ir = kb.addi(r0, r as i64);
-            let ic = kb.addi(c0, q as i64);
             let rin =
                 kb.b.ins()
                     .icmp_imm_u(IntCC::UnsignedLessThan, ir, d.h as i64);
-            let cin =
-                kb.b.ins()
-                    .icmp_imm_u(IntCC::UnsignedLessThan, ic, d.w as i64);
-            let inside = kb.b.ins().band(rin, cin);
-            let inside = kb.b.ins().band(inside, valid);
-            let px = kb.muli(ir, d.w as i64);
-            let px = kb.b.ins().iadd(px, ic);
-            let addr = kb.gep(ximg, px, (d.c * 4) as i64);
-            kb.b.ins().select(inside, addr, zrow)
-        };
-        let taps = [
-            tap(kb, ra, ca),
-            tap(kb, ra, cb),
-            tap(kb, rb, ca),
-            tap(kb, rb, cb),
-        ];
+            let rin = kb.b.ins().band(rin, valid);
+            let rp = kb.gep(ximg, ir, (d.w * d.c * 4) as i64);
+            for (q, tap) in row.iter_mut().enumerate() {
+                let ic = kb.addi(c0, q as i64);
+                let cin =
+                    kb.b.ins()
+                        .icmp_imm_u(IntCC::UnsignedLessThan, ic, d.w as i64);
+                let inside = kb.b.ins().band(rin, cin);
+                let addr = kb.gep(rp, ic, (d.c * 4) as i64);
+                *tap = kb.b.ins().select(inside, addr, zrow);
+            }
+        }
         let dst = kb.gep(vbuf, t, (d.cv * 4) as i64);
+        let plane = (d.tb * d.cv * 4) as i32;
         let cn = kb.i(d.c as i64);
         let z = kb.i(0);
         kb.for_vec(z, cn, 4, |kb, j, lanes| {
             let ty = if lanes == 1 { F32 } else { F32X4 };
-            let v: Vec<Value> = taps
+            let off = kb.muli(j, 4);
+            // The two patch rows along the columns (d B), then combined (B' .).
+            let rows: Vec<[Value; 4]> = taps
                 .iter()
-                .map(|&p| {
-                    let a = kb.gep(p, j, 4);
-                    kb.b.ins().load(ty, mem(), a, 0)
+                .map(|row| {
+                    let v: Vec<Value> = row
+                        .iter()
+                        .map(|&p| {
+                            let a = kb.b.ins().iadd(p, off);
+                            kb.b.ins().load(ty, mem(), a, 0)
+                        })
+                        .collect();
+                    BT.map(|(a, b, s)| signed_add(kb, v[a], v[b], s))
                 })
                 .collect();
-            let row_a = signed_add(kb, v[0], v[1], cs);
-            let row_b = signed_add(kb, v[2], v[3], cs);
-            let s = signed_add(kb, row_a, row_b, rs);
-            let a = kb.gep(dst, j, 4);
-            kb.b.ins().store(mem(), s, a, 0);
+            let out = kb.b.ins().iadd(dst, off);
+            let at = |r: usize| need.iter().position(|&x| x == r).unwrap_or(0);
+            for (n, &i) in is.iter().enumerate() {
+                let (ra, rb, rs) = BT[i];
+                let (a, b) = (rows[at(ra)], rows[at(rb)]);
+                for (q, (&x, &y)) in a.iter().zip(&b).enumerate() {
+                    let v = signed_add(kb, x, y, rs);
+                    kb.b.ins().store(mem(), v, out, (n * 4 + q) as i32 * plane);
+                }
+            }
         });
     });
 }
