@@ -214,16 +214,14 @@ fn matmul_batch_of_rows_times_one_weight() {
     check("MatMul", 13, &[], vec![In(a), Const(b)]);
 }
 
-#[test]
-fn broadcast_constant_b_is_packed_once() {
-    // 256 batch elements share one 64x64 weight (16 KiB): packing it per
-    // batch element made the object 256 times the weight.
-    let mut rng = SplitMix64::new(8);
+/// Asserts that every target's object for `x (x_shape) · w` holds less
+/// than `limit` bytes.
+fn assert_object_below(x_shape: &[usize], w: Tensor, limit: usize) {
     let mut g = Graph::new("t");
     let x = g
-        .add_input("x", ValueType::new(DType::F32, vec![256, 2, 64]))
+        .add_input("x", ValueType::new(DType::F32, x_shape.to_vec()))
         .unwrap();
-    let w = g.add_const("w", data(&mut rng, &[64, 64])).unwrap();
+    let w = g.add_const("w", w).unwrap();
     let n = g
         .add_node(
             "n",
@@ -238,8 +236,8 @@ fn broadcast_constant_b_is_packed_once() {
     for t in targets() {
         let art = cpucc::codegen::artifact::compile(&g, &t, "m", &mut Dumps::default()).unwrap();
         assert!(
-            art.object.len() < 256 * 1024,
-            "{}: a {}-byte object for a 16 KiB weight",
+            art.object.len() < limit,
+            "{}: a {}-byte object, expected under {limit}",
             t.name,
             art.object.len()
         );
@@ -247,35 +245,19 @@ fn broadcast_constant_b_is_packed_once() {
 }
 
 #[test]
+fn broadcast_constant_b_is_packed_once() {
+    // 256 batch elements share one 64x64 weight (16 KiB): packing it per
+    // batch element made the object 256 times the weight.
+    let mut rng = SplitMix64::new(8);
+    assert_object_below(&[256, 2, 64], data(&mut rng, &[64, 64]), 256 * 1024);
+}
+
+#[test]
 fn a_packed_weight_is_not_also_stored_raw() {
     // The object holds the 1 MiB weight once, as the kernel's packed
     // panels: the graph constant itself was defined as data too.
     let mut rng = SplitMix64::new(9);
-    let mut g = Graph::new("t");
-    let x = g
-        .add_input("x", ValueType::new(DType::F32, vec![8, 512]))
-        .unwrap();
-    let w = g.add_const("w", data(&mut rng, &[512, 512])).unwrap();
-    let n = g
-        .add_node(
-            "n",
-            "MatMul",
-            13,
-            Attrs::default(),
-            vec![Some(x), Some(w)],
-            &["y".to_string()],
-        )
-        .unwrap();
-    g.outputs = g.node(n).outputs.clone();
-    for t in targets() {
-        let art = cpucc::codegen::artifact::compile(&g, &t, "m", &mut Dumps::default()).unwrap();
-        assert!(
-            art.object.len() < 1536 * 1024,
-            "{}: a {}-byte object for a 1 MiB weight",
-            t.name,
-            art.object.len()
-        );
-    }
+    assert_object_below(&[8, 512], data(&mut rng, &[512, 512]), 1536 * 1024);
 }
 
 #[test]
@@ -476,28 +458,33 @@ fn channels_last_conv_as_gemm() {
             ("group", Attr::Int(grp)),
             ("layout", Attr::String("NHWC".into())),
         ];
-        for (i, a) in [None, Some("Relu"), Some("Tanh"), Some("Sigmoid")]
-            .into_iter()
-            .enumerate()
-        {
-            let mut attrs = geo.to_vec();
-            if let Some(a) = a {
-                attrs.push(act(a));
-            }
-            check(
-                "cpucc.FusedConv",
-                13,
-                &attrs,
-                vec![
-                    In(x.clone()),
-                    Const(wt.clone()),
-                    Const(b.clone()),
-                    residual(i, &res),
-                ],
-            );
-        }
-        check("Conv", 13, &geo, vec![In(x), Const(wt)]);
+        check_conv(&geo, &["Relu", "Tanh", "Sigmoid"], x, wt, b, &res);
     }
+}
+
+/// Checks the NHWC convolution `geo` of `x` by `wt`: fused with bias,
+/// a residual (alternately a graph input and a dying value) and each of
+/// `acts` or none, and plain.
+fn check_conv(geo: &[(&str, Attr)], acts: &[&str], x: Tensor, wt: Tensor, b: Tensor, res: &Tensor) {
+    let acts = std::iter::once(None).chain(acts.iter().map(|&a| Some(a)));
+    for (i, a) in acts.enumerate() {
+        let mut attrs = geo.to_vec();
+        if let Some(a) = a {
+            attrs.push(act(a));
+        }
+        check(
+            "cpucc.FusedConv",
+            13,
+            &attrs,
+            vec![
+                In(x.clone()),
+                Const(wt.clone()),
+                Const(b.clone()),
+                residual(i, res),
+            ],
+        );
+    }
+    check("Conv", 13, geo, vec![In(x), Const(wt)]);
 }
 
 /// 3x3 stride-1 convolutions of at least 64 channels and 32 output
@@ -529,27 +516,7 @@ fn channels_last_winograd_conv() {
             ("pads", Attr::Ints(pads.to_vec())),
             ("layout", Attr::String("NHWC".into())),
         ];
-        for (i, a) in [None, Some("Relu"), Some("Sigmoid")]
-            .into_iter()
-            .enumerate()
-        {
-            let mut attrs = geo.to_vec();
-            if let Some(a) = a {
-                attrs.push(act(a));
-            }
-            check(
-                "cpucc.FusedConv",
-                13,
-                &attrs,
-                vec![
-                    In(x.clone()),
-                    Const(wt.clone()),
-                    Const(b.clone()),
-                    residual(i, &res),
-                ],
-            );
-        }
-        check("Conv", 13, &geo, vec![In(x), Const(wt)]);
+        check_conv(&geo, &["Relu", "Sigmoid"], x, wt, b, &res);
     }
 }
 

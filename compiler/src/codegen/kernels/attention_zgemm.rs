@@ -11,7 +11,7 @@ use cranelift_codegen::ir::InstBuilder;
 use cranelift_codegen::ir::types::{F32, F32X4};
 
 use super::attention::{Fold, Rows, Slots, Spec, begin_row, score, softmax, vectorizes};
-use super::gemm::{Act, Gemm, Mat};
+use super::gemm::{Gemm, Mat};
 use super::zgemm::{self, Bases, Ranges, ZMR, ZNR};
 use super::{zsoftmax, ztranspose};
 use crate::codegen::builder::{Kb, mem};
@@ -33,20 +33,7 @@ pub(super) fn products(
     scores: Buf,
     out: Buf,
 ) -> Option<[Gemm; 2]> {
-    let gemm = |n, k, a, c| Gemm {
-        m: s.sq,
-        n,
-        k,
-        batch: 1,
-        a,
-        c,
-        bias: None,
-        beta: 1.0,
-        residual: None,
-        alpha: 1.0,
-        act: Act::None,
-        offsets: vec![[0; 5]],
-    };
+    let gemm = |n, k, a, c| Gemm::plain(s.sq, n, k, a, c);
     let mat = |buf, rs| Mat { buf, rs, cs: 1 };
     let total = s.total as i64;
     let mut qk = gemm(s.total, s.dh, mat(q, s.qs.2), mat(scores, total));

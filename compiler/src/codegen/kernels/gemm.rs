@@ -106,6 +106,24 @@ pub struct Gemm {
 }
 
 impl Gemm {
+    /// C = A·B with no epilogue, one batch element.
+    pub fn plain(m: usize, n: usize, k: usize, a: Mat, c: Mat) -> Gemm {
+        Gemm {
+            m,
+            n,
+            k,
+            batch: 1,
+            a,
+            c,
+            bias: None,
+            beta: 1.0,
+            residual: None,
+            alpha: 1.0,
+            act: Act::None,
+            offsets: vec![[0; 5]],
+        }
+    }
+
     /// Whether C holds the residual when the kernel starts: the memory
     /// plan put the fused op's output over its dying residual
     /// (`plan::ACCUMULATING`). The residual is then read as C: the

@@ -23,7 +23,7 @@ use cranelift_codegen::ir::types::{F32, F32X4};
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::conv_nhwc::{item_bufs, item_coords, stack_buf};
-use super::gemm::{self, Act, Gemm, Mat};
+use super::gemm::{self, Gemm, Mat};
 use super::linalg::ConvGeom;
 use super::zgemm::{self, ZMR, ZNR};
 use crate::codegen::builder::{Kb, mem};
@@ -195,28 +195,12 @@ pub fn lower(lw: &mut Lower, conv: &Gemm, x: Buf, d: &Wino, wv: &[f64]) -> Resul
     let packed = lw.data(d.packed_weights(wv))?;
     let set_bytes = (gemm::packed_len(o, c, ZNR) * 4) as i64;
     // The GEMM of one position: V (tb x C, rows cv apart) by U into M.
-    let g = Gemm {
-        m: tb,
-        n: o,
-        k: c,
-        batch: 1,
-        a: Mat {
-            buf: x,
-            rs: cv as i64,
-            cs: 1,
-        },
-        c: Mat {
-            buf: x,
-            rs: o as i64,
-            cs: 1,
-        },
-        bias: None,
-        beta: 1.0,
-        residual: None,
-        alpha: 1.0,
-        act: Act::None,
-        offsets: vec![[0; 5]],
+    let mat = |rs: usize| Mat {
+        buf: x,
+        rs: rs as i64,
+        cs: 1,
     };
+    let g = Gemm::plain(tb, o, c, mat(cv), mat(o));
     let pl = zgemm::plan(lw, &g, cv as i64, true)?;
     let nblk = d.tiles().div_ceil(tb);
     let groups = pl.panels.div_ceil(d.ppg);
