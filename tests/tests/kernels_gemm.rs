@@ -366,27 +366,7 @@ fn fused_conv_shapes_groups_and_residual() {
             ("pads", Attr::Ints(vec![p as i64; 4])),
             ("group", Attr::Int(grp as i64)),
         ];
-        for (i, a) in [None, Some("Relu"), Some("HardSwish")]
-            .into_iter()
-            .enumerate()
-        {
-            let mut attrs = geo.to_vec();
-            if let Some(a) = a {
-                attrs.push(act(a));
-            }
-            check(
-                "cpucc.FusedConv",
-                13,
-                &attrs,
-                vec![
-                    In(x.clone()),
-                    Const(wt.clone()),
-                    Const(b.clone()),
-                    residual(i, &res),
-                ],
-            );
-        }
-        check("Conv", 13, &geo, vec![In(x), Const(wt)]);
+        check_conv(&geo, &["Relu", "HardSwish"], x, wt, b, &res);
     }
 }
 
@@ -462,7 +442,7 @@ fn channels_last_conv_as_gemm() {
     }
 }
 
-/// Checks the NHWC convolution `geo` of `x` by `wt`: fused with bias,
+/// Checks the convolution `geo` of `x` by `wt`: fused with bias,
 /// a residual (alternately a graph input and a dying value) and each of
 /// `acts` or none, and plain.
 fn check_conv(geo: &[(&str, Attr)], acts: &[&str], x: Tensor, wt: Tensor, b: Tensor, res: &Tensor) {

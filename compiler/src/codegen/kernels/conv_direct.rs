@@ -220,7 +220,7 @@ impl Direct {
 /// ... whose tile rows share no L1 set beyond the limit. None when every
 /// spacing tried piles them up (a stride of 64 pixels keeps them on the
 /// same sets whatever the spacing).
-fn spacing(c: usize, s: usize, ow: usize) -> Option<usize> {
+pub(super) fn spacing(c: usize, s: usize, ow: usize) -> Option<usize> {
     (0..MAX_SPACINGS)
         .map(|i| c + 16 * i)
         .find(|&cp| !zgemm::set_conflicts((s * cp) as i64, ow))

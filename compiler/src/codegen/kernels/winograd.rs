@@ -22,6 +22,7 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{F32, F32X4};
 use cranelift_codegen::ir::{InstBuilder, Value};
 
+use super::conv_direct::spacing;
 use super::conv_nhwc::{item_bufs, item_coords, stack_buf};
 use super::gemm::{self, Gemm, Mat};
 use super::linalg::ConvGeom;
@@ -114,9 +115,7 @@ impl Wino {
             return None;
         }
         // V rows a multiple of 4 KiB apart would share L1 sets.
-        let cv = (0..8)
-            .map(|i| c + 16 * i)
-            .find(|&cv| !zgemm::set_conflicts(cv as i64, tiles))?;
+        let cv = spacing(c, 1, tiles)?;
         let tb_for = |rows: usize| BUF_BYTES / ((4 * rows * cv + 16 * o) * 4);
         let rows = if tb_for(4) >= tiles.min(JOINT_TILES) {
             4
