@@ -153,6 +153,11 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (1, 300, 200),
     (2, 70, 288),
     (3, 5, 161),
+    // 9 and 17 row blocks over several depth blocks: the first 8 or 16
+    // share the next panel's prefetch, the 16-way tiles stepping the depth
+    // by 8 (blocks 192, 192, 19).
+    (120, 300, 40),
+    (230, 403, 70),
 ];
 
 /// The residual operand of the `i`-th check of a loop: a graph input and
@@ -397,7 +402,7 @@ fn channels_last_conv_as_gemm() {
     // its pixels); pads past the kernel and uneven, leftover depths of the
     // segment loops, a kernel row split across depth blocks (C = 100),
     // and blocks of 2, 2 and 1 kernel rows (5x5, C = 16).
-    let cases: [NhwcCase; 22] = [
+    let cases: [NhwcCase; 23] = [
         (2, 3, 5, 4, 33, 3, 1, [4, 3, 0, 5], 1, 1),
         (1, 5, 17, 17, 34, 3, 2, [1, 1, 0, 0], 1, 1),
         (1, 100, 6, 7, 65, 3, 1, [1; 4], 1, 1),
@@ -422,6 +427,8 @@ fn channels_last_conv_as_gemm() {
         // Stride 2 over rows of 29 KiB: 8 output rows per item fit the
         // strided copy's 512 KiB.
         (1, 256, 28, 28, 40, 3, 2, [1; 4], 1, 1),
+        // Lines of 16 tiles: kernel rows of 75 depths in steps of 8.
+        (1, 25, 3, 224, 20, 3, 1, [1; 4], 1, 1),
     ];
     for (n, c, h, w, o, k, s, pads, d, grp) in cases {
         let x = data(&mut rng, &[n, h, w, c]);

@@ -17,15 +17,20 @@
 //!
 //! Tile function ABI (System V): `(a, b, c, bias, residual, ctl)` with
 //! pointers at the tile's origin and `ctl` = column mask (bits 0-31) |
-//! load C (bit 32) | epilogue (bit 33) | prefetch (bit 34) | depth (bits
-//! 35-63). With the prefetch bit, a one-panel tile also pulls the same
-//! depth rows of the next panel into L2 (two lines per depth step): the
-//! driver sets it on the first row block of a panel that another panel of
-//! its item follows. Consecutive panel blocks are a whole panel apart in
-//! memory (`k x 32` floats), so the hardware prefetchers, which stop at
-//! page boundaries, start cold on every block; where few row blocks share
-//! a block (small M), its loads stalled the tiles (MLP batch 32: 45 ->
-//! 37 ms at one thread).
+//! load C (bit 32) | epilogue (bit 33) | prefetch (bit 34) | prefetch
+//! phase (bits 35-38) | depth (bits 39-63). With the prefetch bit, a
+//! one-panel tile also pulls the same depth rows of the next panel into
+//! L2: the driver sets it on the first row blocks of a panel that another
+//! panel of its item follows. Consecutive panel blocks are a whole panel
+//! apart in memory (`k x 32` floats), so the hardware prefetchers, which
+//! stop at page boundaries, start cold on every block; where few row
+//! blocks share a block (small M), its loads stalled the tiles (MLP batch
+//! 32: 45 -> 37 ms at one thread). The first [`Plan::pf_rate`] row blocks
+//! share that prefetch, each taking the cache lines of its phase (modulo
+//! the rate): one tile alone issuing a whole block's misses to DRAM ran
+//! out of fill buffers and stalled for them. With weights streaming from
+//! DRAM, at one thread: BERT-base 170 -> 159 ms, MLP b256 213 -> 205 ms,
+//! ResNet-50 b32 1647 -> 1579 ms.
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{F32, F32X4, I8, I64};
@@ -42,7 +47,8 @@ use crate::error::{Error, Result};
 pub const ZNR: usize = 32;
 /// `ctl` bits of the tile function (see the module doc).
 const CTL_PREFETCH: u32 = 34;
-const CTL_DEPTH: u32 = 35;
+const CTL_PHASE: u32 = 35;
+const CTL_DEPTH: u32 = 39;
 pub const ZMR: usize = 14;
 
 /// Columns an item's tiles must span for the A copy to pay (it costs about
@@ -159,6 +165,9 @@ struct Tile {
     /// is the C of the tile the driver calls next, which the tile
     /// prefetches.
     next_c: bool,
+    /// The tile prefetches one cache line of B in this many (1, 2, 4, 8
+    /// or 16), from its phase's line on.
+    pf_rate: usize,
 }
 
 /// Depth in segments, as a direct convolution's kernel rows: `len`
@@ -197,7 +206,7 @@ mod asm {
     use iced_x86::IcedError;
     use iced_x86::code_asm::*;
 
-    use super::{CTL_DEPTH, CTL_PREFETCH, Seg, Tile, ZNR_I64};
+    use super::{CTL_DEPTH, CTL_PHASE, CTL_PREFETCH, Seg, Tile, ZNR_I64};
     use crate::codegen::kernels::zact;
 
     const Z: [AsmRegisterZmm; 32] = [
@@ -240,6 +249,13 @@ mod asm {
             a.lea(r11, qword_ptr(rsi + t.pstride))?;
             a.bt(r9, CTL_PREFETCH)?;
             a.cmovae(r11, rsi)?;
+            if t.pf_rate > 1 {
+                a.mov(r10, r9)?;
+                a.shr(r10, CTL_PHASE)?;
+                a.and(r10, 15)?;
+                a.shl(r10, 6)?;
+                a.add(r11, r10)?;
+            }
         }
 
         // Accumulators: zero, or C's partial sums.
@@ -294,8 +310,11 @@ mod asm {
                 return Ok(());
             }
             a.vmovups(bv0, zmmword_ptr(rsi + ko * 128))?;
-            a.prefetcht1(byte_ptr(r11 + ko * 128))?;
-            a.prefetcht1(byte_ptr(r11 + (ko * 128 + 64)))?;
+            for line in [2 * ko, 2 * ko + 1] {
+                if line % t.pf_rate as i64 == 0 {
+                    a.prefetcht1(byte_ptr(r11 + line * 64))?;
+                }
+            }
             if t.nv == 2 {
                 a.vmovups(bv1, zmmword_ptr(rsi + (ko * 128 + 64)))?;
             }
@@ -323,16 +342,18 @@ mod asm {
                 }
                 Ok(())
             };
-        // r10 (> 0) times four depth steps.
-        let by4 = |a: &mut CodeAssembler| -> std::result::Result<(), IcedError> {
-            let mut loop4 = a.create_label();
-            a.set_label(&mut loop4)?;
-            for ko in 0..4 {
+        // r10 (> 0) times `unroll` depth steps, which span a whole period
+        // of the prefetched lines.
+        let unroll = (t.pf_rate / 2).max(4);
+        let unrolled = |a: &mut CodeAssembler| -> std::result::Result<(), IcedError> {
+            let mut body = a.create_label();
+            a.set_label(&mut body)?;
+            for ko in 0..unroll as i64 {
                 step(a, ko)?;
             }
-            advance(a, 4, 0)?;
+            advance(a, unroll as i64, 0)?;
             a.dec(r10)?;
-            a.jnz(loop4)
+            a.jnz(body)
         };
         if let Some(Seg { len, jump }) = t.seg {
             // rax segments of `len` depths. (`start` labels the nop: an
@@ -340,27 +361,27 @@ mod asm {
             let mut seg = a.create_label();
             a.nop()?;
             a.set_label(&mut seg)?;
-            if len >= 4 {
-                a.mov(r10d, (len / 4) as u32)?;
-                by4(&mut a)?;
+            if len >= unroll {
+                a.mov(r10d, (len / unroll) as u32)?;
+                unrolled(&mut a)?;
             }
-            for ko in 0..(len % 4) as i64 {
+            for ko in 0..(len % unroll) as i64 {
                 step(&mut a, ko)?;
             }
-            advance(&mut a, (len % 4) as i64, jump)?;
+            advance(&mut a, (len % unroll) as i64, jump)?;
             a.dec(rax)?;
             a.jnz(seg)?;
         } else {
-            // rax depths: by 4, then one at a time.
+            // rax depths: `unroll` at a time, then one at a time.
             let mut rem = a.create_label();
             let mut loop1 = a.create_label();
             let mut done = a.create_label();
             a.mov(r10, rax)?;
-            a.shr(r10, 2)?;
-            a.and(rax, 3)?;
+            a.shr(r10, unroll.trailing_zeros())?;
+            a.and(rax, unroll as i32 - 1)?;
             a.test(r10, r10)?;
             a.jz(rem)?;
-            by4(&mut a)?;
+            unrolled(&mut a)?;
             a.set_label(&mut rem)?;
             a.test(rax, rax)?;
             a.jz(done)?;
@@ -745,6 +766,9 @@ pub struct Plan {
     a_rs: i64,
     /// The callee spanning [`WIDE_PANELS`] inner panels (few rows).
     wide: Option<usize>,
+    /// Row blocks sharing the prefetch of the next panel's block (one
+    /// where a single depth block makes each row block walk the panels).
+    pf_rate: usize,
     /// Tile functions: [full rows, tail rows] for inner panels, then the
     /// same for the edge panel when it takes the one-vector form, then the
     /// wide one.
@@ -820,6 +844,12 @@ fn plan_tiles(
     let mblocks = m.div_ceil(ZMR);
     let kc = blocks.iter().map(|b| b.1).max().unwrap_or(0);
     let tail_rows = m - (mblocks - 1) * ZMR;
+    // A power of two (the tiles' unrolled loop spans one period of it).
+    let pf_rate = if blocks.len() == 1 {
+        1
+    } else {
+        1 << mblocks.clamp(1, 16).ilog2()
+    };
     let act_in_regs = zact::in_registers(g.act);
     let edge_cols = n - (panels - 1) * ZNR;
     let tile = |mr, nv| Tile {
@@ -841,6 +871,7 @@ fn plan_tiles(
         dot: None,
         seg,
         next_c: g.accumulates(),
+        pf_rate,
     };
     let dot = dot_edge && uses_dot_edge(n);
     let rows: &[usize] = if tail_rows == ZMR {
@@ -887,6 +918,7 @@ fn plan_tiles(
         act_in_regs,
         a_rs,
         wide,
+        pf_rate,
         callees,
     })
 }
@@ -1154,8 +1186,8 @@ pub fn emit_pass(
     };
     // The tile of panel `p` (`edge`: the last panel) at row block `mb`;
     // with `pf` set (and a next panel in the item) it prefetches the next
-    // panel's block.
-    let tile = |kb: &mut Kb, p: Value, mb: Value, pf: Value, edge: bool| {
+    // panel's block, the rows of prefetch phase `phase`.
+    let tile = |kb: &mut Kb, p: Value, mb: Value, (pf, phase): (Value, Value), edge: bool| {
         let (full_fn, tail_fn) = fns(edge);
         let ctlv = kb.i(ctl | if edge { edge_mask } else { u32::MAX as i64 });
         let cols = if edge { edge_cols } else { ZNR };
@@ -1170,6 +1202,8 @@ pub fn emit_pass(
             let pf = kb.b.ins().ishl_imm_u(pf, i64::from(CTL_PREFETCH));
             kb.b.ins().bor(ctlv, pf)
         };
+        let phase = kb.b.ins().ishl_imm_u(phase, i64::from(CTL_PHASE));
+        let ctlv = kb.b.ins().bor(ctlv, phase);
         let args = tile_args(kb, p, at, ctlv, edge);
         let c = args[2];
         let post = |kb: &mut Kb, rows: usize| {
@@ -1196,11 +1230,16 @@ pub fn emit_pass(
             kb.b.switch_to_block(done);
         }
     };
-    // The row blocks of panel `p`: the first prefetches the next panel.
+    // The row blocks of panel `p`: the first `pf_rate` prefetch the next
+    // panel.
     let panel = |kb: &mut Kb, p: Value, edge: bool| {
         kb.for_range(mb_lo, mb_hi, 1, |kb, mb| {
-            let first = kb.b.ins().icmp(IntCC::Equal, mb, mb_lo);
-            tile(kb, p, mb, first, edge);
+            let j = kb.b.ins().isub(mb, mb_lo);
+            let pf =
+                kb.b.ins()
+                    .icmp_imm_u(IntCC::UnsignedLessThan, j, pl.pf_rate as i64);
+            let phase = kb.b.ins().band_imm_u(j, 15);
+            tile(kb, p, mb, (pf, phase), edge);
         });
     };
     let p_rest = match pl.wide {
@@ -1231,7 +1270,7 @@ pub fn emit_pass(
         // 1870 ms, MobileNetV2 5.50 -> 5.39 ms, at 1 thread). With several
         // blocks the panel's block stays in L1 instead, while the row
         // blocks walk it (measured no better the other way round).
-        let pf = kb.b.ins().iconst(I8, 1);
+        let pf = (kb.b.ins().iconst(I8, 1), kb.i(0));
         kb.for_range(mb_lo, mb_hi, 1, |kb, mb| {
             kb.for_range(p_rest, p_inner, 1, |kb, p| tile(kb, p, mb, pf, false));
             kb.if_(has_edge, |kb| {
@@ -1386,6 +1425,7 @@ mod tests {
                         dot,
                         seg: Some(Seg { len, jump: 100 }),
                         next_c: len.is_multiple_of(2),
+                        pf_rate: [1, 2, 4, 8, 16][len % 5],
                     };
                     let r = match dot {
                         Some(e) => asm::assemble_dot(&t, e),
@@ -1412,6 +1452,7 @@ mod tests {
                 act,
                 np: 1,
                 pstride: 0,
+                pf_rate: 16,
                 dot: None,
                 seg: None,
                 next_c: false,
