@@ -240,6 +240,43 @@ fn normalizations() {
 }
 
 #[test]
+fn layer_and_rms_norm_rows() {
+    // The AVX-512 row form: rows of a partial vector only, full vectors
+    // and a partial one, whole vectors, over two trailing axes; scale
+    // with leading ones, no bias, and a scale broadcast within the row
+    // (the group kernel's case); values far from zero (a one-pass
+    // variance would cancel).
+    let mut rng = SplitMix64::new(12);
+    let f = DType::F32;
+    let eps = ("epsilon", Attr::Float(1e-3));
+    for (shape, axis, sshape, bias) in [
+        (vec![4, 5], -1, vec![5], true),
+        (vec![3, 40], -1, vec![40], true),
+        (vec![2, 3, 16], 1, vec![3, 16], false),
+        (vec![5, 40], -1, vec![1, 40], true),
+        (vec![3, 40], -1, vec![1], true),
+    ] {
+        let x = data(&mut rng, f, &shape);
+        let s = data(&mut rng, f, &sshape);
+        let mut ins = vec![x.clone(), s.clone()];
+        if bias {
+            ins.push(data(&mut rng, f, &sshape));
+        }
+        let attrs = [("axis", Attr::Int(axis)), eps.clone()];
+        check("LayerNormalization", 17, &attrs, ins, vec![]);
+        check("RMSNormalization", 23, &attrs, vec![x, s], vec![]);
+    }
+    let far: Vec<f64> = data(&mut rng, f, &[2, 100])
+        .to_f64_vec()
+        .iter()
+        .map(|v| v + 1000.0)
+        .collect();
+    let x = Tensor::from_f64s(f, &[2, 100], &far).unwrap();
+    let s = data(&mut rng, f, &[100]);
+    check("LayerNormalization", 17, &[], vec![x, s], vec![]);
+}
+
+#[test]
 fn pools() {
     let mut rng = SplitMix64::new(11);
     for dt in [DType::F32, DType::U8, DType::F16] {

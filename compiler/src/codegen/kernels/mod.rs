@@ -42,6 +42,7 @@ mod zact;
 pub(crate) mod zcopy;
 mod zdepthwise;
 mod zgemm;
+mod znorm;
 mod zsoftmax;
 mod ztranspose;
 

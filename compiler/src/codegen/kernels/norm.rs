@@ -3,8 +3,10 @@
 //! Instance, Group, MeanVariance and Lp normalization as group kernels (one
 //! work item per group of elements that share statistics, statistics pass(es)
 //! then a normalize pass, f32x4 along a contiguous innermost axis), followed
-//! by an in-place affine nest for scale/bias; LRN as a per-(n, c) kernel
-//! summing squares over the channel window.
+//! by an in-place affine nest for scale/bias (f32 Layer and RMS
+//! normalization of shared scale and bias rows take `znorm`'s AVX-512
+//! row function instead); LRN as a per-(n, c) kernel summing squares over
+//! the channel window.
 
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{InstBuilder, Type, Value};
@@ -12,6 +14,7 @@ use cranelift_codegen::ir::{InstBuilder, Type, Value};
 use super::elementwise::convert;
 use super::reduce::{Pass, fold, nest, norm_axis, offsets, plan};
 use super::softmax::fit;
+use super::znorm::{self, RowNorm};
 use super::{NodeCx, Table, math};
 use crate::codegen::builder::{Elt, Kb};
 use crate::codegen::lower::{Lower, Operand};
@@ -169,6 +172,11 @@ fn group_norm(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     if x.ty.numel() == 0 {
         return Ok(());
     }
+    if let Some(norm) = row_norm(lw, cx, (&x, &y), eps, &mask) {
+        let param = |i: usize| cx.ins.get(i).and_then(Option::as_ref);
+        let rows = x.ty.numel() / norm.n;
+        return znorm::lower(lw, (&x, &y), (param(1), param(2)), rows, norm);
+    }
     let stats: Vec<Operand> = if op == "LayerNormalization" {
         cx.outs.iter().skip(1).cloned().collect()
     } else {
@@ -176,6 +184,50 @@ fn group_norm(lw: &mut Lower, cx: &NodeCx) -> Result<()> {
     };
     groups_kernel(lw, &x, &y, &stats, &gshape, &mask, kind, eps)?;
     affine(lw, cx, &y)
+}
+
+/// The AVX-512 row form of Layer and RMS normalization (`mask`: the
+/// normalized axes, trailing): f32, no Mean or InvStdDev outputs, and a
+/// scale and bias (where present) of one row that all rows share.
+fn row_norm(
+    lw: &Lower,
+    cx: &NodeCx,
+    (x, y): (&Operand, &Operand),
+    eps: f64,
+    mask: &[bool],
+) -> Option<RowNorm> {
+    let op = cx.node.op.as_str();
+    let rms = op == "RMSNormalization";
+    if !lw.avx512
+        || !(rms || op == "LayerNormalization")
+        || x.ty.dtype != DType::F32
+        || y.ty.dtype != DType::F32
+        || cx.outs.len() > 1
+    {
+        return None;
+    }
+    let shape = &x.ty.shape;
+    let a = mask.iter().position(|&m| m)?;
+    let dense = lnest::row_major(&shape[a..]);
+    // Present and shared by the rows: Some(true); absent: Some(false).
+    let param = |i: usize| match cx.ins.get(i).and_then(Option::as_ref) {
+        None => Some(false),
+        Some(o) => {
+            let fits = o.ty.dtype == DType::F32 && o.ty.shape.len() <= shape.len() && {
+                let st = Access::broadcast(o.buf, o.ty.dtype, &o.ty.shape, shape).strides;
+                st[..a].iter().all(|&s| s == 0)
+                    && (a..shape.len()).all(|d| shape[d] == 1 || st[d] == dense[d - a])
+            };
+            fits.then_some(true)
+        }
+    };
+    Some(RowNorm {
+        n: shape[a..].iter().product(),
+        eps: eps as f32,
+        rms,
+        scale: param(1)?,
+        bias: if rms { false } else { param(2)? },
+    })
 }
 
 fn groups(cx: &NodeCx, chans: usize) -> Result<usize> {

@@ -39,7 +39,10 @@ const LT_OQ: i32 = 0x11;
 /// Runs `body` over the row's vectors: the `r8` full ones (r9 = byte
 /// offset; `false`), then the partial one of lanes k1 (`true`), which may
 /// be empty: masked accesses to its absent lanes neither fault nor store.
-fn each_vector(a: &mut CodeAssembler, body: &mut dyn FnMut(&mut CodeAssembler, bool) -> R) -> R {
+pub(super) fn each_vector(
+    a: &mut CodeAssembler,
+    body: &mut dyn FnMut(&mut CodeAssembler, bool) -> R,
+) -> R {
     let mut lp = a.create_label();
     let mut tail = a.create_label();
     a.xor(r9d, r9d)?;
@@ -74,7 +77,7 @@ fn store(a: &mut CodeAssembler, r: AsmRegisterZmm, part: bool) -> R {
 }
 
 /// Reduces zmm `v` (clobbering `t`) with `op` into lane 0 of its xmm.
-fn reduce(
+pub(super) fn reduce(
     a: &mut CodeAssembler,
     (v, vy, vx): (AsmRegisterZmm, AsmRegisterYmm, AsmRegisterXmm),
     (ty, tx): (AsmRegisterYmm, AsmRegisterXmm),
