@@ -15,7 +15,7 @@ use cranelift_codegen::ir::{AbiParam, InstBuilder, Signature};
 use iced_x86::IcedError;
 use iced_x86::code_asm::*;
 
-use super::zsoftmax::{each_vector, reduce};
+use super::zsoftmax::{each_vector, load, reduce, store};
 use crate::codegen::lower::{Lower, Operand};
 use crate::error::{Error, Result};
 
@@ -83,12 +83,8 @@ fn assemble(norm: RowNorm) -> std::result::Result<Vec<u8>, IcedError> {
     if !norm.rms {
         a.vpxord(zmm0, zmm0, zmm0)?;
         each_vector(&mut a, &mut |a, part| {
-            let src = zmmword_ptr(rdi + r9);
-            if part {
-                a.vaddps(zmm0.k1(), zmm0, src)
-            } else {
-                a.vaddps(zmm0, zmm0, src)
-            }
+            let acc = if part { zmm0.k1() } else { zmm0 };
+            a.vaddps(acc, zmm0, zmmword_ptr(rdi + r9))
         })?;
         reduce(&mut a, (zmm0, ymm0, xmm0), (ymm5, xmm5), false)?;
         scalar(&mut a, inv_n)?;
@@ -99,13 +95,10 @@ fn assemble(norm: RowNorm) -> std::result::Result<Vec<u8>, IcedError> {
     // lanes load as zero and are kept out by the mask.
     a.vpxord(zmm2, zmm2, zmm2)?;
     each_vector(&mut a, &mut |a, part| {
-        load(a, zmm3, part)?;
+        load(a, zmm3, rdi, part)?;
         a.vsubps(zmm3, zmm3, zmm1)?;
-        if part {
-            a.vfmadd231ps(zmm2.k1(), zmm3, zmm3)
-        } else {
-            a.vfmadd231ps(zmm2, zmm3, zmm3)
-        }
+        let acc = if part { zmm2.k1() } else { zmm2 };
+        a.vfmadd231ps(acc, zmm3, zmm3)
     })?;
     reduce(&mut a, (zmm2, ymm2, xmm2), (ymm5, xmm5), false)?;
     scalar(&mut a, inv_n)?;
@@ -117,7 +110,7 @@ fn assemble(norm: RowNorm) -> std::result::Result<Vec<u8>, IcedError> {
     a.vdivss(xmm4, xmm5, xmm2)?;
     a.vbroadcastss(zmm4, xmm4)?;
     each_vector(&mut a, &mut |a, part| {
-        load(a, zmm3, part)?;
+        load(a, zmm3, rdi, part)?;
         a.vsubps(zmm3, zmm3, zmm1)?;
         a.vmulps(zmm3, zmm3, zmm4)?;
         // Masked lanes of the partial vector's operands do not fault.
@@ -128,12 +121,7 @@ fn assemble(norm: RowNorm) -> std::result::Result<Vec<u8>, IcedError> {
         if norm.bias {
             a.vaddps(out, zmm3, zmmword_ptr(rcx + r9))?;
         }
-        let dst = zmmword_ptr(rsi + r9);
-        if part {
-            a.vmovups(dst.k1(), zmm3)
-        } else {
-            a.vmovups(dst, zmm3)
-        }
+        store(a, zmm3, part)
     })?;
     a.vzeroupper()?;
     a.ret()?;
@@ -144,14 +132,4 @@ fn assemble(norm: RowNorm) -> std::result::Result<Vec<u8>, IcedError> {
 fn scalar(a: &mut CodeAssembler, x: f32) -> R {
     a.mov(eax, x.to_bits())?;
     a.vmovd(xmm5, eax)
-}
-
-/// Loads the row's vector at r9 (the partial one zero-filled past k1).
-fn load(a: &mut CodeAssembler, r: AsmRegisterZmm, part: bool) -> R {
-    let src = zmmword_ptr(rdi + r9);
-    if part {
-        a.vmovups(r.k1().z(), src)
-    } else {
-        a.vmovups(r, src)
-    }
 }

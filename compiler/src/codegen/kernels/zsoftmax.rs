@@ -58,7 +58,9 @@ pub(super) fn each_vector(
     body(a, true)
 }
 
-fn load(a: &mut CodeAssembler, r: AsmRegisterZmm, base: AsmRegister64, part: bool) -> R {
+/// Loads the row's vector at r9 from `base` (the partial one zero-filled
+/// past k1).
+pub(super) fn load(a: &mut CodeAssembler, r: AsmRegisterZmm, base: AsmRegister64, part: bool) -> R {
     let src = zmmword_ptr(base + r9);
     if part {
         a.vmovups(r.k1().z(), src)
@@ -67,7 +69,9 @@ fn load(a: &mut CodeAssembler, r: AsmRegisterZmm, base: AsmRegister64, part: boo
     }
 }
 
-fn store(a: &mut CodeAssembler, r: AsmRegisterZmm, part: bool) -> R {
+/// Stores `r` to the row at r9 of the destination (rsi), the partial
+/// vector's lanes k1 only.
+pub(super) fn store(a: &mut CodeAssembler, r: AsmRegisterZmm, part: bool) -> R {
     let dst = zmmword_ptr(rsi + r9);
     if part {
         a.vmovups(dst.k1(), r)
